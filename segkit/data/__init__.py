@@ -1,0 +1,1 @@
+"""Format-level building blocks shared by the datamodules."""

@@ -1,0 +1,127 @@
+"""Image and mask readers for the formats the datasets ship in.
+
+Every reader names the file in its error, keeps the file's dtype (uint8 / uint16) and
+returns colour images as RGB (OpenCV decodes BGR; we convert).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+__all__ = ["read_image", "read_mask", "image_size", "write_png_atomic"]
+
+_JPEG_SOI = b"\xff\xd8"
+_JPEG_EOI = b"\xff\xd9"
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    return path.read_bytes()
+
+
+def _check_jpeg(path: Path, data: bytes) -> None:
+    # libjpeg decodes a truncated file into a half-grey image with only a warning:
+    # check the start and end markers ourselves so truncation is an error.
+    if not data.startswith(_JPEG_SOI):
+        raise ValueError(f"{path}: not a JPEG file (no start-of-image marker)")
+    if _JPEG_EOI not in data[-1024:]:
+        raise ValueError(f"{path}: truncated JPEG (no end-of-image marker)")
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as ``(H, W, C)`` with its own dtype; colour comes back RGB.
+
+    Supports JPEG, PNG, BMP, GIF (via OpenCV) and 8/16-bit TIFF (via tifffile).
+    Raises ``FileNotFoundError`` or ``ValueError`` naming the file when it cannot be read.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        image = _read_tiff(path)
+    else:
+        data = _read_bytes(path)
+        if suffix in (".jpg", ".jpeg"):
+            _check_jpeg(path, data)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if image is None:
+            raise ValueError(f"{path}: cannot decode image (corrupt or unsupported format)")
+        if image.ndim == 3 and image.shape[2] == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        elif image.ndim == 3 and image.shape[2] == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    return image
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a single-channel label mask ``(H, W)`` without any value mapping.
+
+    PNG/TIFF are read as stored; a palette GIF gives its palette indices.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        mask = _read_tiff(path)
+    elif suffix == ".gif":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: file not found")
+        try:
+            with Image.open(path) as im:
+                mask = np.asarray(im)
+        except OSError as err:
+            raise ValueError(f"{path}: cannot decode mask ({err})") from err
+    else:
+        data = _read_bytes(path)
+        mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if mask is None:
+            raise ValueError(f"{path}: cannot decode mask (corrupt or unsupported format)")
+    if mask.ndim == 3 and mask.shape[2] == 1:
+        mask = mask[:, :, 0]
+    if mask.ndim != 2:
+        raise ValueError(f"{path}: a mask must have one channel, got shape {mask.shape}")
+    return mask
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    try:
+        return tifffile.imread(path)
+    except Exception as err:  # tifffile raises many types for bad files
+        raise ValueError(f"{path}: cannot decode TIFF ({err})") from err
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(height, width)`` read from the file header only (no pixel decoding)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read image header ({err})") from err
+    return height, width
+
+
+def write_png_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write ``array`` as PNG under a temporary name, then rename it into place.
+
+    A killed process never leaves a half-written file under the final name.
+    """
+    path = Path(path)
+    ok, encoded = cv2.imencode(".png", array)
+    if not ok:
+        raise ValueError(f"{path}: OpenCV could not encode a PNG of shape {array.shape}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(encoded.tobytes())
+    os.replace(tmp, path)

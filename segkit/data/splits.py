@@ -1,0 +1,37 @@
+"""Deterministic train/validation splits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["stratified_split"]
+
+
+def stratified_split(
+    keys: Sequence[str], strata: Sequence[int], val_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """Split indices into train/val keeping each stratum's share in both.
+
+    The result depends only on the set of ``(key, stratum)`` pairs and ``seed``, not on
+    their order. Each stratum with at least two members contributes at least one
+    validation item when ``val_fraction > 0``.
+
+    Returns:
+        ``(train_indices, val_indices)``, each sorted by key.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    strata = np.asarray(strata)
+    train: list[int] = []
+    val: list[int] = []
+    for offset, stratum in enumerate(np.unique(strata)):
+        members = sorted(np.flatnonzero(strata == stratum).tolist(), key=lambda i: keys[i])
+        order = np.random.default_rng((seed, offset)).permutation(len(members))
+        n_val = int(round(val_fraction * len(members)))
+        if val_fraction > 0 and n_val == 0 and len(members) >= 2:
+            n_val = 1
+        val.extend(members[i] for i in order[:n_val])
+        train.extend(members[i] for i in order[n_val:])
+    return sorted(train, key=lambda i: keys[i]), sorted(val, key=lambda i: keys[i])

@@ -1,0 +1,80 @@
+"""Albumentations pipelines built from config.
+
+Augmentations are a mapping ``name -> {type: <albumentations class>, **kwargs}`` so that a
+Hydra override can change or drop one entry (``data.augment.rotate=null``); entries keep
+their order. Geometric transforms move the mask with the image (nearest interpolation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import torch
+
+__all__ = ["build_augmentations", "build_pipeline", "to_sample"]
+
+Size = int | Sequence[int] | None
+
+
+def build_augmentations(spec: Mapping[str, Mapping[str, Any] | None] | None) -> list[A.BasicTransform]:
+    """Instantiate ``{name: {type: ClassName, **kwargs}}`` entries; ``None`` entries are skipped."""
+    transforms: list[A.BasicTransform] = []
+    for name, entry in (spec or {}).items():
+        if entry is None:
+            continue
+        params = dict(entry)
+        type_name = params.pop("type", None)
+        if type_name is None:
+            raise ValueError(f"augmentation {name!r} has no 'type' (an albumentations class name)")
+        cls = getattr(A, type_name, None)
+        if cls is None:
+            raise ValueError(f"augmentation {name!r}: albumentations has no transform {type_name!r}")
+        try:
+            transforms.append(cls(**params))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"augmentation {name!r} ({type_name}): {err}") from err
+    return transforms
+
+
+def _hw(size: Size) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)
+
+
+def build_pipeline(
+    image_size: Size,
+    augment: Mapping[str, Mapping[str, Any] | None] | None,
+    normalize: Mapping[str, Any] | None,
+) -> A.Compose:
+    """Resize (if ``image_size``) → augmentations → normalisation, on image and mask.
+
+    Args:
+        image_size: output ``(height, width)`` or a square side; ``None`` keeps the input size.
+        augment: augmentation spec (see :func:`build_augmentations`); ``None`` for evaluation.
+        normalize: kwargs of ``albumentations.Normalize`` (mean, std, max_pixel_value);
+            ``None`` only converts to float32 in [0, 1] using the dtype's range.
+    """
+    steps: list[A.BasicTransform] = []
+    hw = _hw(image_size)
+    if hw is not None:
+        steps.append(A.Resize(*hw))
+    steps.extend(build_augmentations(augment))
+    if normalize is not None:
+        steps.append(A.Normalize(**dict(normalize)))
+    return A.Compose(steps)
+
+
+def to_sample(image: np.ndarray, mask: np.ndarray) -> dict[str, torch.Tensor]:
+    """``(H, W, C)`` float image and ``(H, W)`` mask → ``{"image": C×H×W float32, "mask": H×W int64}``."""
+    if image.dtype != np.float32:
+        image = image.astype(np.float32) / float(np.iinfo(image.dtype).max)
+    image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    mask_t = torch.from_numpy(np.ascontiguousarray(mask)).long()
+    return {"image": image_t, "mask": mask_t}

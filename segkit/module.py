@@ -1,0 +1,102 @@
+"""SegmentationModule: model + loss + metrics, binary and multiclass through one code path."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+
+from segkit.losses import build_loss
+from segkit.metrics import SegmentationMetrics, logits_to_labels
+from segkit.models import build_model
+
+__all__ = ["SegmentationModule"]
+
+
+class SegmentationModule(L.LightningModule):
+    """Trains a segmentation network on ``{"image": B×C×H×W float, "mask": B×H×W long}`` batches.
+
+    All arguments are plain data (saved as hyperparameters), so a checkpoint alone rebuilds
+    the module: ``SegmentationModule.load_from_checkpoint(path)``.
+
+    Args:
+        model: ``{"name": <registered model>, **options}`` (see ``conf/model``).
+        loss: ``{"name": <registered loss>, **options}`` (see ``conf/loss``).
+        optimizer: Hydra-style ``{"_target_": "torch.optim.AdamW", "lr": ..., ...}``.
+        scheduler: ``{"scheduler": {"_target_": ...}, "interval": "epoch", "monitor": ...}``
+            or ``None``; the inner ``scheduler`` gets the optimizer.
+        num_classes: 1 = binary (sigmoid), > 1 = softmax over classes.
+        in_channels: image channels.
+        class_names: names used in per-class metric keys (two for binary).
+        threshold: probability threshold for binary predictions.
+        ignore_index: mask value excluded from loss and metrics.
+        include_background: count class 0 in multiclass means.
+        channels_last: keep weights and inputs in channels-last memory format
+            (faster convolutions on CPU and on tensor-core GPUs).
+    """
+
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        loss: Mapping[str, Any],
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any] | None = None,
+        num_classes: int = 1,
+        in_channels: int = 3,
+        class_names: Sequence[str] | None = None,
+        threshold: float = 0.5,
+        ignore_index: int | None = None,
+        include_background: bool = True,
+        channels_last: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        model_params = dict(model)
+        self.net = build_model(model_params.pop("name"), in_channels=in_channels, num_classes=num_classes, **model_params)
+        loss_params = dict(loss)
+        self.loss_fn = build_loss(loss_params.pop("name"), num_classes=num_classes, ignore_index=ignore_index, **loss_params)
+        self.val_metrics = SegmentationMetrics(
+            num_classes, class_names=class_names, ignore_index=ignore_index, include_background=include_background
+        )
+        self.channels_last = channels_last
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` images → ``(B, num_classes, H, W)`` logits."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.net(images)
+
+    def predict_labels(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits_to_labels(logits, self.hparams.threshold)
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = self.loss_fn(logits, batch["mask"])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits))
+        return loss
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self(batch["image"])
+        loss = self.loss_fn(logits, batch["mask"])
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(logits), sync_dist=True)
+        self.val_metrics.update(self.predict_labels(logits), batch["mask"])
+
+    def on_validation_epoch_end(self) -> None:
+        scores = {f"val/{k}": v for k, v in self.val_metrics.compute().items()}
+        self.log("val/dice", scores.pop("val/dice"), prog_bar=True)
+        self.log_dict(scores)
+        self.val_metrics.reset()
+
+    def configure_optimizers(self) -> Any:
+        optimizer = instantiate(dict(self.hparams.optimizer), params=self.parameters())
+        scheduler_cfg = self.hparams.scheduler
+        if not scheduler_cfg:
+            return optimizer
+        scheduler_cfg = dict(scheduler_cfg)
+        scheduler = instantiate(dict(scheduler_cfg.pop("scheduler")), optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **scheduler_cfg}}

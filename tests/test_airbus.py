@@ -1,0 +1,225 @@
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from datamodules.airbus import AirbusDataModule, read_airbus_csv
+from tests.conftest import realdata
+from tests.fixtures.airbus import write_airbus
+from tests.fixtures.reference import naive_rle_decode
+
+
+@pytest.fixture()
+def airbus(tmp_path):
+    return write_airbus(tmp_path / "airbus")
+
+
+def make_dm(root, tmp_path, **kwargs):
+    defaults = dict(image_size=None, batch_size=4, num_workers=0, cache_dir=str(tmp_path / "cache"), normalize=None)
+    defaults.update(kwargs)
+    return AirbusDataModule(root=str(root), **defaults)
+
+
+def test_samples_have_the_promised_shapes_dtypes_and_masks(airbus, tmp_path):
+    dm = make_dm(airbus.root, tmp_path, val_fraction=0.25, val_background_ratio=1.0)
+    dm.prepare_data()
+    dm.setup("fit")
+    for dataset in (dm.train_dataset, dm.val_dataset):
+        for i in range(len(dataset)):
+            sample = dataset[i]
+            assert sample["image"].dtype == torch.float32 and sample["image"].shape == (3, 64, 64)
+            assert 0.0 <= float(sample["image"].min()) and float(sample["image"].max()) <= 1.0
+            assert sample["mask"].dtype == torch.int64 and sample["mask"].shape == (64, 64)
+            np.testing.assert_array_equal(sample["mask"].numpy(), airbus.mask(sample["name"]))
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 3, 64, 64) and batch["mask"].shape == (4, 64, 64)
+
+
+def test_resizing_and_normalisation(airbus, tmp_path):
+    dm = make_dm(airbus.root, tmp_path, image_size=32, normalize={"mean": [0.5] * 3, "std": [0.25] * 3})
+    dm.setup("fit")
+    sample = dm.train_dataset[0]
+    assert sample["image"].shape == (3, 32, 32) and sample["mask"].shape == (32, 32)
+    assert float(sample["image"].min()) < 0  # (x - 0.5) / 0.25 reaches below zero
+    assert set(sample["mask"].unique().tolist()) <= {0, 1}
+
+
+def test_background_ratio_over_epochs(airbus, tmp_path):
+    dm = make_dm(airbus.root, tmp_path, val_fraction=0.2, background_ratio=0.25)
+    dm.setup("fit")
+    names = dm.train_dataset.names
+    n_ship = sum(bool(airbus.ships[n]) for n in names)
+    n_bg = len(names) - n_ship
+    sampler = dm.train_dataloader().sampler
+    draws = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        picked = [names[i] for i in sampler]
+        ships = [n for n in picked if airbus.ships[n]]
+        background = [n for n in picked if not airbus.ships[n]]
+        assert len(ships) == n_ship and len(set(ships)) == n_ship  # every ship image, once
+        assert len(background) == round(0.25 * n_bg) and len(set(background)) == len(background)
+        draws.append(frozenset(background))
+    assert len(set(draws)) > 1  # re-drawn each epoch
+    sampler.set_epoch(1)
+    assert frozenset(names[i] for i in sampler if not airbus.ships[names[i]]) == draws[1]  # reproducible
+
+
+def test_split_is_deterministic_stratified_and_row_order_free(airbus, tmp_path):
+    first = make_dm(airbus.root, tmp_path, val_fraction=0.25, val_background_ratio=1.0)
+    first.setup("fit")
+    again = make_dm(airbus.root, tmp_path, val_fraction=0.25, val_background_ratio=1.0)
+    again.setup("fit")
+    assert first.val_dataset.names == again.val_dataset.names
+    assert not set(first.val_dataset.names) & set(first.train_dataset.names)
+    val_ships = sum(bool(airbus.ships[n]) for n in first.val_dataset.names)
+    assert val_ships == round(0.25 * 12) and len(first.val_dataset) - val_ships == round(0.25 * 20)
+    # the same rows in another order give the same split
+    frame = pd.read_csv(airbus.csv_path, keep_default_na=False).sample(frac=1.0, random_state=3)
+    shuffled = tmp_path / "shuffled"
+    shutil.copytree(airbus.root, shuffled)
+    frame.to_csv(shuffled / "train_ship_segmentations_v2.csv", index=False)
+    other = make_dm(shuffled, tmp_path / "other", val_fraction=0.25, val_background_ratio=1.0)
+    other.setup("fit")
+    assert other.val_dataset.names == first.val_dataset.names
+    # another seed, another split
+    seeded = make_dm(airbus.root, tmp_path, val_fraction=0.25, val_background_ratio=1.0, seed=7)
+    seeded.setup("fit")
+    assert seeded.val_dataset.names != first.val_dataset.names
+
+
+def test_mask_cache_is_reused_and_rebuilt_when_the_csv_changes(airbus, tmp_path):
+    dm = make_dm(airbus.root, tmp_path)
+    dm.prepare_data()
+    cache_files = sorted((tmp_path / "cache" / "masks").glob("*.png"))
+    assert len(cache_files) == 12  # one per ship image, none for background
+    mtimes = [f.stat().st_mtime_ns for f in cache_files]
+    make_dm(airbus.root, tmp_path).prepare_data()
+    assert [f.stat().st_mtime_ns for f in cache_files] == mtimes  # reused, not rewritten
+
+    # drop the last ship of one image: the cache must follow the CSV
+    frame = pd.read_csv(airbus.csv_path, keep_default_na=False)
+    image_id = next(i for i, ships in airbus.ships.items() if len(ships) == 2)
+    row = frame.index[frame.ImageId == image_id][-1]
+    frame.drop(index=row).to_csv(airbus.csv_path, index=False)
+    dm = make_dm(airbus.root, tmp_path)
+    dm.setup("fit")
+    dataset = dm.train_dataset if image_id in dm.train_dataset.names else dm.val_dataset
+    sample = dataset[dataset.names.index(image_id)]
+    np.testing.assert_array_equal(sample["mask"].numpy(), airbus.ships[image_id][0])
+
+
+def test_interrupted_cache_build_is_completed(airbus, tmp_path):
+    dm = make_dm(airbus.root, tmp_path)
+    dm.prepare_data()
+    masks = sorted((tmp_path / "cache" / "masks").glob("*.png"))
+    manifest = tmp_path / "cache" / "masks" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"complete": true', '"complete": false'))
+    for path in masks[:5]:
+        path.unlink()
+    make_dm(airbus.root, tmp_path).prepare_data()
+    assert sorted((tmp_path / "cache" / "masks").glob("*.png")) == masks
+
+
+def test_read_airbus_csv_groups_rows(airbus):
+    index = read_airbus_csv(airbus.csv_path)
+    assert len(index.image_ids) == 32
+    assert sum(index.has_ship(i) for i in index.image_ids) == 12
+    for image_id, ships in index.ships.items():
+        assert len(ships) == len(airbus.ships[image_id])
+        assert all(line >= 2 for line, _ in ships)
+
+
+# ---------------------------------------------------------------- bad input
+def test_missing_root_names_the_expected_files(tmp_path):
+    dm = make_dm(tmp_path / "nowhere", tmp_path)
+    with pytest.raises(FileNotFoundError, match="train_v2/<ImageId>.jpg and train_ship_segmentations_v2.csv"):
+        dm.prepare_data()
+    with pytest.raises(ValueError, match="data.root is not set"):
+        AirbusDataModule(root=None).prepare_data()
+
+
+def test_missing_csv_is_named(airbus, tmp_path):
+    airbus.csv_path.unlink()
+    with pytest.raises(FileNotFoundError, match="train_ship_segmentations_v2.csv"):
+        make_dm(airbus.root, tmp_path).setup("fit")
+
+
+def test_csv_without_the_two_columns(airbus, tmp_path):
+    airbus.csv_path.write_text("ImageId,Pixels\nabc.jpg,1 2\n")
+    with pytest.raises(ValueError, match=r"expected columns ImageId,EncodedPixels.*missing EncodedPixels"):
+        make_dm(airbus.root, tmp_path).setup("fit")
+    airbus.csv_path.write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        make_dm(airbus.root, tmp_path).setup("fit")
+
+
+def test_image_missing_for_an_image_id(airbus, tmp_path):
+    victim = next(iter(airbus.ships))
+    os.remove(airbus.root / "train_v2" / victim)
+    with pytest.raises(FileNotFoundError, match=f"1 ImageId\\(s\\) have no image.*{victim}"):
+        make_dm(airbus.root, tmp_path).setup("fit")
+
+
+@pytest.mark.parametrize("image_id", ["../secret.jpg", "/etc/passwd", ".."])
+def test_image_ids_cannot_leave_the_root(airbus, tmp_path, image_id):
+    line = len(airbus.csv_path.read_text().splitlines()) + 1
+    with airbus.csv_path.open("a") as handle:
+        handle.write(f"{image_id},\n")
+    with pytest.raises(ValueError, match=rf"train_ship_segmentations_v2.csv:{line}: ImageId .* not a plain file name"):
+        make_dm(airbus.root, tmp_path).setup("fit")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_jpeg_is_named(airbus, tmp_path, damage):
+    victim = next(i for i, ships in airbus.ships.items() if not ships)
+    path = airbus.root / "train_v2" / victim
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"not a jpeg at all")
+    dm = make_dm(airbus.root, tmp_path, val_fraction=0.0, background_ratio=1.0)
+    dm.setup("fit")
+    dataset = dm.train_dataset
+    with pytest.raises(ValueError, match=f"{victim}: (truncated JPEG|not a JPEG)"):
+        dataset[dataset.names.index(victim)]
+
+
+def test_malformed_rle_names_csv_line_and_image(airbus, tmp_path):
+    lines = airbus.csv_path.read_text().splitlines()
+    image_id = lines[1].split(",")[0]
+    lines[1] = f"{image_id},5 3 6 2"
+    airbus.csv_path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=rf"train_ship_segmentations_v2.csv:2: ImageId '{image_id}'.*overlap"):
+        make_dm(airbus.root, tmp_path).prepare_data()
+
+
+def test_wrong_class_or_channel_count():
+    with pytest.raises(ValueError, match="num_classes must be 1 or 2"):
+        AirbusDataModule(root="x", num_classes=3)
+    with pytest.raises(ValueError, match="in_channels must be 3"):
+        AirbusDataModule(root="x", in_channels=1)
+
+
+def test_real_airbus_sample(tmp_path):
+    folder = realdata("airbus")
+    root = tmp_path / "real"
+    (root / "train_v2").mkdir(parents=True)
+    images = sorted(p.name for p in folder.glob("*.jpg"))
+    for name in images:
+        shutil.copy(folder / name, root / "train_v2" / name)
+    frame = pd.read_csv(folder / "train_ship_segmentations_v2.csv", keep_default_na=False)
+    frame[frame.ImageId.isin(images)].to_csv(root / "train_ship_segmentations_v2.csv", index=False)
+    dm = make_dm(root, tmp_path, val_fraction=0.0)
+    dm.setup("fit")
+    assert sorted(dm.train_dataset.names) == images
+    for i, name in enumerate(dm.train_dataset.names):
+        sample = dm.train_dataset[i]
+        assert sample["image"].shape == (3, 768, 768)
+        expected = np.zeros((768, 768), np.uint8)
+        for rle in frame[frame.ImageId == name].EncodedPixels:
+            expected |= naive_rle_decode(rle, (768, 768), "F")
+        np.testing.assert_array_equal(sample["mask"].numpy(), expected)
+    one_ship = dm.train_dataset.names.index("0a1b7d6ec.jpg")
+    assert int(dm.train_dataset[one_ship]["mask"].sum()) == 377
