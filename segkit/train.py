@@ -54,6 +54,21 @@ def _best_epoch(history: list[dict[str, float]], monitor: str, mode: str) -> dic
     return pick(scored, key=lambda row: row[monitor])
 
 
+def _expand_fast_dev_run(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Lightning's ``fast_dev_run`` switches checkpoints and loggers off; segkit's runs
+    ``n`` train and val batches for one epoch through the full output path instead, so a
+    quick check also proves the run directory gets written."""
+    n = trainer_cfg.pop("fast_dev_run", False)
+    if not n:
+        return trainer_cfg
+    n = 1 if n is True else int(n)
+    trainer_cfg.update(
+        max_epochs=1, max_steps=-1, limit_train_batches=n, limit_val_batches=n,
+        num_sanity_val_steps=0, val_check_interval=1.0, log_every_n_steps=1,
+    )
+    return trainer_cfg
+
+
 def build_module(cfg: DictConfig) -> SegmentationModule:
     return SegmentationModule(
         model=_container(cfg.model),
@@ -92,7 +107,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer = L.Trainer(
-        **_container(cfg.trainer),
+        **_expand_fast_dev_run(_container(cfg.trainer)),
         callbacks=[*callbacks, history],
         logger=loggers or False,
         default_root_dir=str(run_dir),

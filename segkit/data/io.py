@@ -95,9 +95,12 @@ def _read_tiff(path: Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     try:
-        return tifffile.imread(path)
+        array = tifffile.imread(path)
     except Exception as err:  # tifffile raises many types for bad files
         raise ValueError(f"{path}: cannot decode TIFF ({err})") from err
+    if array.size == 0 or array.ndim not in (2, 3):
+        raise ValueError(f"{path}: cannot decode TIFF (no image data; got an array of shape {array.shape})")
+    return array
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:

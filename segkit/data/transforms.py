@@ -7,6 +7,7 @@ their order. Geometric transforms move the mask with the image (nearest interpol
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,6 +33,16 @@ def build_augmentations(spec: Mapping[str, Mapping[str, Any] | None] | None) -> 
         cls = getattr(A, type_name, None)
         if cls is None:
             raise ValueError(f"augmentation {name!r}: albumentations has no transform {type_name!r}")
+        accepted = {
+            n for n, p in inspect.signature(cls.__init__).parameters.items()
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n != "self"
+        }
+        unknown = sorted(set(params) - accepted)
+        if unknown:  # albumentations only warns about these: a typo would go unnoticed
+            raise ValueError(
+                f"augmentation {name!r} ({type_name}): unknown argument(s) {', '.join(unknown)}; "
+                f"it takes {', '.join(sorted(accepted))}"
+            )
         try:
             transforms.append(cls(**params))
         except (TypeError, ValueError) as err:

@@ -1,0 +1,34 @@
+# make demo  — set up (once) and train on the embedded synthetic dataset
+# make test  — set up (once) and run the test suite
+# make bench — set up (once) and run the benchmarks (prints ratios against baselines)
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.segkit-installed
+ARGS ?=
+PYTEST_ARGS ?=
+
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+# torch first, pinned: these are the wheels that install here (see ../shared/ENVIRONMENT.md)
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[dev,sweep]'
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/segkit-train $(ARGS)
+
+test: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	HF_HUB_OFFLINE=1 $(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info outputs .pytest_cache

@@ -1,0 +1,95 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from segkit.module import SegmentationModule
+from segkit.runtime import resolve_precision
+
+TINY = ["data.num_images=16", "data.size=64", "data.image_size=64", "data.batch_size=4"]
+
+
+def segkit_train(*args, cwd):
+    exe = Path(sys.executable).with_name("segkit-train")
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "segkit.cli"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def fast_dev_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("cli")
+    run_dir = work / "run"
+    result = segkit_train("trainer.fast_dev_run=2", f"hydra.run.dir={run_dir}", *TINY, cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result
+
+
+def test_fast_dev_run_writes_the_run_directory(fast_dev_run):
+    run_dir, result = fast_dev_run
+    for path in ["config.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "csv/metrics.csv", "metrics.json"]:
+        assert (run_dir / path).is_file(), path
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("val/dice", "val/iou", "val/loss", "val/dice/foreground"):
+        assert key in metrics["best"] and key in metrics["final"]
+    assert metrics["monitor"] == "val/dice"
+    assert metrics["best_checkpoint"] == str(run_dir / "checkpoints" / "best.ckpt")
+    assert metrics["precision"] == resolve_precision("auto", "cpu")
+    assert metrics["model_parameters"] == 6_628_945
+    assert "val/dice" in result.stdout and f"best checkpoint: {run_dir}/checkpoints/best.ckpt" in result.stdout
+
+
+def test_saved_config_is_resolved_and_reusable(fast_dev_run):
+    run_dir, _ = fast_dev_run
+    text = (run_dir / "config.yaml").read_text()
+    assert "${" not in text  # every interpolation resolved
+    assert f"run_dir: {run_dir}" in text
+    assert "precision: " + resolve_precision("auto", "cpu") in text
+
+
+def test_checkpoint_alone_rebuilds_the_model(fast_dev_run):
+    run_dir, _ = fast_dev_run
+    module = SegmentationModule.load_from_checkpoint(run_dir / "checkpoints" / "best.ckpt", map_location="cpu")
+    assert module.hparams.model["name"] == "mobilenet_unet" and module.hparams.num_classes == 1
+    checkpoint = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["datamodule_hyper_parameters"]["image_size"] == 64
+    module.eval()
+    with torch.no_grad():
+        assert module(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_an_existing_run_is_not_overwritten(fast_dev_run, tmp_path):
+    run_dir, _ = fast_dev_run
+    before = (run_dir / "checkpoints" / "best.ckpt").read_bytes()
+    result = segkit_train("trainer.fast_dev_run=1", f"hydra.run.dir={run_dir}", *TINY, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "already holds checkpoints" in result.stderr
+    assert (run_dir / "checkpoints" / "best.ckpt").read_bytes() == before
+
+
+def test_missing_root_is_a_clear_cli_error(tmp_path):
+    result = segkit_train("dataset=airbus", "trainer.fast_dev_run=1", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "data.root is not set" in result.stderr and "train_ship_segmentations_v2.csv" in result.stderr
+
+
+def test_airbus_format_dataset_trains_from_the_cli(tmp_path):
+    from tests.fixtures.airbus import write_airbus
+
+    fixture = write_airbus(tmp_path / "airbus")
+    run_dir = tmp_path / "run"
+    result = segkit_train(
+        "dataset=airbus", f"data.root={fixture.root}", "data.image_size=64", "data.num_workers=0",
+        "model=segnet", "model.base_width=4", "data.image_size=128", "trainer.precision=32-true",
+        "trainer.fast_dev_run=1", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["precision"] == "32-true"
+    shutil.rmtree(run_dir)
