@@ -161,6 +161,7 @@ class AirbusDataModule(L.LightningDataModule):
         self.augment = augment
         self.normalize = normalize
         self.index: AirbusIndex | None = None
+        self._cache: MaskCache | None = None
         self.train_dataset: ImageMaskDataset | None = None
         self.val_dataset: ImageMaskDataset | None = None
         self._train_sampler: BackgroundRatioSampler | None = None
@@ -189,8 +190,15 @@ class AirbusDataModule(L.LightningDataModule):
             raise FileNotFoundError(f"Airbus data at {root} is incomplete: missing {', '.join(missing)} ({expected})")
 
     def _mask_cache(self) -> MaskCache:
-        directory = self.cache_dir or default_cache_dir(self.kind, str(self.root.resolve()))
-        return MaskCache(Path(directory) / "masks", fingerprint=file_sha256(self.csv_path))
+        """The mask cache, built (or completed) if needed; the CSV is hashed once per instance."""
+        if self._cache is None:
+            index = self._load_index()
+            directory = self.cache_dir or default_cache_dir(self.kind, str(self.root.resolve()))
+            cache = MaskCache(Path(directory) / "masks", fingerprint=file_sha256(self.csv_path))
+            if not cache.is_complete():
+                cache.build(sorted(index.ships), self._decode_ship_mask)
+            self._cache = cache
+        return self._cache
 
     # ------------------------------------------------------------------- stages
     def _load_index(self) -> AirbusIndex:
@@ -209,10 +217,7 @@ class AirbusDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Build the per-image mask cache (rank 0 only under DDP)."""
-        index = self._load_index()
-        cache = self._mask_cache()
-        if not cache.is_complete():
-            cache.build(sorted(index.ships), self._decode_ship_mask)
+        self._mask_cache()
 
     def _decode_ship_mask(self, image_id: str) -> np.ndarray:
         index = self._load_index()
@@ -236,8 +241,6 @@ class AirbusDataModule(L.LightningDataModule):
             return
         index = self._load_index()
         cache = self._mask_cache()
-        if not cache.is_complete():
-            cache.build(sorted(index.ships), self._decode_ship_mask)
         ids = index.image_ids
         has_ship = np.array([index.has_ship(i) for i in ids], dtype=np.int64)
         train_idx, val_idx = stratified_split(ids, has_ship, self.val_fraction, self.seed)

@@ -93,3 +93,15 @@ def test_airbus_format_dataset_trains_from_the_cli(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["precision"] == "32-true"
     shutil.rmtree(run_dir)
+
+
+def test_multirun_sweep_gives_each_job_its_own_run_dir(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = segkit_train(
+        "-m", "optimizer=adam,sgd", "trainer.fast_dev_run=1", f"hydra.sweep.dir={sweep}", *TINY, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job, optimizer in [("0", "torch.optim.Adam"), ("1", "torch.optim.SGD")]:
+        assert (sweep / job / "checkpoints" / "best.ckpt").is_file()
+        assert json.loads((sweep / job / "metrics.json").read_text())["run_dir"] == str(sweep / job)
+        assert f"_target_: {optimizer}" in (sweep / job / "config.yaml").read_text()

@@ -101,3 +101,9 @@ def test_real_airbus_rows():
     ship = rows[rows.ImageId == "0a1b7d6ec.jpg"].EncodedPixels.iloc[0]
     assert rle_decode(ship, (768, 768)).sum() == 377  # per SOURCES.md
     np.testing.assert_array_equal(rle_decode(ship, (768, 768)), naive_rle_decode(ship, (768, 768)))
+
+
+def test_runs_out_of_order_but_disjoint_are_accepted():
+    mask = rle_decode("9 2 1 3", (4, 4))
+    np.testing.assert_array_equal(mask, rle_decode("1 3 9 2", (4, 4)))
+    assert mask.sum() == 5

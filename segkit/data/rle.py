@@ -43,13 +43,22 @@ def _parse_runs(rle: str, size: int) -> tuple[np.ndarray, np.ndarray]:
         bad = next(t for t in tokens if not _is_int_token(t))
         raise ValueError(f"RLE token {bad!r} is not an integer") from None
     starts, lengths = values[0::2] - 1, values[1::2]
+    ends = starts + lengths
+    # fast path: one combined test for the usual case of valid runs in increasing order
+    if starts.min() >= 0 and lengths.min() > 0 and ends.max() <= size and not (starts[1:] < ends[:-1]).any():
+        return starts, lengths
+    _diagnose(starts, lengths, ends, size)
+    return starts, lengths
+
+
+def _diagnose(starts: np.ndarray, lengths: np.ndarray, ends: np.ndarray, size: int) -> None:
+    """Raise for the first invalid run; return when the runs are only out of order."""
     if (starts < 0).any():
         i = int(np.flatnonzero(starts < 0)[0])
         raise ValueError(f"RLE run {i} starts at {starts[i] + 1}: starts are 1-indexed (>= 1)")
     if (lengths <= 0).any():
         i = int(np.flatnonzero(lengths <= 0)[0])
         raise ValueError(f"RLE run {i} has length {lengths[i]}: lengths must be >= 1")
-    ends = starts + lengths
     if (ends > size).any():
         i = int(np.flatnonzero(ends > size)[0])
         raise ValueError(
@@ -57,8 +66,7 @@ def _parse_runs(rle: str, size: int) -> tuple[np.ndarray, np.ndarray]:
             f"{ends[i]}, beyond the mask's {size} pixels"
         )
     order = np.argsort(starts, kind="stable")
-    s_sorted, e_sorted = starts[order], ends[order]
-    overlap = s_sorted[1:] < e_sorted[:-1]
+    overlap = starts[order][1:] < ends[order][:-1]
     if overlap.any():
         i = int(np.flatnonzero(overlap)[0])
         a, b = order[i], order[i + 1]
@@ -66,7 +74,6 @@ def _parse_runs(rle: str, size: int) -> tuple[np.ndarray, np.ndarray]:
             f"RLE runs {a} (start {starts[a] + 1}, length {lengths[a]}) and "
             f"{b} (start {starts[b] + 1}, length {lengths[b]}) overlap"
         )
-    return starts, lengths
 
 
 def _is_int_token(token: str) -> bool:
