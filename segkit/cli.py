@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+
 import hydra
 from omegaconf import DictConfig
 
 import segkit  # noqa: F401  (sets environment defaults before heavy imports)
+
+
+def _route_lightning_logs_to_hydra() -> None:
+    """``import lightning`` gives its logger its own console handler *and* lets records
+    propagate to the root logger that Hydra configured: every line printed twice. Keep
+    Hydra's (console + the run's train.log)."""
+    import lightning  # noqa: F401  (installs the handler we remove)
+
+    if logging.getLogger().handlers:
+        logging.getLogger("lightning").handlers.clear()
 
 
 @hydra.main(version_base="1.3", config_path="pkg://segkit.conf", config_name="train")
@@ -13,6 +25,7 @@ def train(cfg: DictConfig) -> float | None:
     """``segkit-train``: train a model; returns the best monitored metric (for sweepers)."""
     from segkit.train import run_training
 
+    _route_lightning_logs_to_hydra()
     summary = run_training(cfg)
     best = summary["best"]
     return None if best is None else best[summary["monitor"]]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from segkit.data.io import write_png_atomic
 __all__ = ["MaskCache", "default_cache_dir", "file_sha256"]
 
 MANIFEST = "manifest.json"
+log = logging.getLogger(__name__)
 
 
 def default_cache_dir(kind: str, key: str) -> Path:
@@ -79,6 +82,9 @@ class MaskCache:
             for stale in self.directory.glob("*.png"):
                 stale.unlink()
             self._write_manifest(complete=False, count=0)
+        keys = list(keys)
+        log.info("mask cache %s: writing masks of %d images (once per source)", self.directory, len(keys))
+        started = time.perf_counter()
         written = total = 0
         for key in keys:
             total += 1
@@ -88,4 +94,6 @@ class MaskCache:
             write_png_atomic(target, make_mask(key))
             written += 1
         self._write_manifest(complete=True, count=total)
+        log.info("mask cache %s: %d written, %d reused, %.1f s", self.directory, written, total - written,
+                 time.perf_counter() - started)
         return written
