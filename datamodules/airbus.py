@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from segkit.data.cache import MaskCache, default_cache_dir, file_sha256
+from segkit.data.class_stats import CLASS_STATS_FILE
 from segkit.data.datasets import ImageMaskDataset
 from segkit.data.io import image_size
 from segkit.data.rle import rle_decode_many
@@ -168,6 +169,10 @@ class AirbusDataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------------- locations
     @property
+    def class_names(self) -> list[str]:
+        return ["background", "ship"]
+
+    @property
     def csv_path(self) -> Path:
         return self.root / self.csv_file
 
@@ -189,12 +194,25 @@ class AirbusDataModule(L.LightningDataModule):
         if missing:
             raise FileNotFoundError(f"Airbus data at {root} is incomplete: missing {', '.join(missing)} ({expected})")
 
+    @property
+    def work_dir(self) -> Path:
+        """Where derived files go: ``cache_dir`` or a per-root folder of the segkit cache."""
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        if self.root is None:
+            self._check_layout()  # raises: no root, no work dir
+        return default_cache_dir(self.kind, str(self.root.resolve()))
+
+    @property
+    def class_stats_path(self) -> Path:
+        """The ``class_stats.json`` that ``segkit-prepare`` writes for this dataset."""
+        return self.work_dir / CLASS_STATS_FILE
+
     def _mask_cache(self) -> MaskCache:
         """The mask cache, built (or completed) if needed; the CSV is hashed once per instance."""
         if self._cache is None:
             index = self._load_index()
-            directory = self.cache_dir or default_cache_dir(self.kind, str(self.root.resolve()))
-            cache = MaskCache(Path(directory) / "masks", fingerprint=file_sha256(self.csv_path))
+            cache = MaskCache(self.work_dir / "masks", fingerprint=file_sha256(self.csv_path))
             if not cache.is_complete():
                 cache.build(sorted(index.ships), self._decode_ship_mask)
             self._cache = cache

@@ -31,5 +31,14 @@ def train(cfg: DictConfig) -> float | None:
     return None if best is None else best[summary["monitor"]]
 
 
+@hydra.main(version_base="1.3", config_path="pkg://segkit.conf", config_name="prepare")
+def prepare(cfg: DictConfig) -> None:
+    """``segkit-prepare``: build caches and splits, write the class statistics."""
+    from segkit.prepare import run_prepare
+
+    _route_lightning_logs_to_hydra()
+    run_prepare(cfg)
+
+
 if __name__ == "__main__":
     train()

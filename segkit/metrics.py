@@ -1,14 +1,21 @@
-"""Epoch-level Dice / IoU per class and mean, on top of torchmetrics.
+"""Dice and IoU per class and their mean, over an epoch, on top of torchmetrics.
 
-True/false positives and false negatives are accumulated per class over the whole epoch
-(torchmetrics ``MulticlassStatScores``, so they sum correctly across batches and DDP
-ranks); then per class ``Dice = 2TP / (2TP + FP + FN)`` and ``IoU = TP / (TP + FP + FN)``.
-A class that is neither in the targets nor in the predictions of the epoch has no score
-(NaN) and is left out of the mean.
+:class:`SegmentationMetrics` accumulates, as torchmetrics states summed across batches
+and DDP ranks, a ``K x K`` confusion matrix (rows: target, columns: prediction) and the
+sums of per-image scores. From them:
 
-Binary (``num_classes == 1``) is scored as two classes {0: background, 1: foreground}:
-the reported ``dice``/``iou`` are the foreground's. Multiclass means average over all
-classes, background included unless ``include_background=False``.
+- ``aggregation="dataset"`` (default): per class ``Dice = 2TP / (2TP + FP + FN)`` and
+  ``IoU = TP / (TP + FP + FN)`` over all pixels of the epoch. A class present in some
+  batches but not others simply adds its counts. A class that is in no target and no
+  prediction of the whole epoch has no score (NaN) and is left out of the mean.
+- ``aggregation="image"``: the score of each image, then the mean over images — the
+  Kaggle Carvana metric. An image where a class is neither in the target nor predicted
+  scores 1 for that class (Kaggle's convention for empty masks).
+
+The reported ``dice`` / ``iou`` are the mean over the foreground classes: class 1 for
+binary (``num_classes == 1``, scored as {0: background, 1: foreground}), classes
+``1..C-1`` for multiclass — all classes with ``include_background=True``. Pixels whose
+target is ``ignore_index`` count nowhere.
 """
 
 from __future__ import annotations
@@ -17,9 +24,8 @@ from collections.abc import Sequence
 
 import torch
 from torchmetrics import Metric
-from torchmetrics.classification import MulticlassStatScores
 
-__all__ = ["SegmentationMetrics", "logits_to_labels", "dice_iou_from_stats"]
+__all__ = ["SegmentationMetrics", "confusion_matrices", "dice_iou_from_confusion", "logits_to_labels"]
 
 
 def logits_to_labels(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -29,27 +35,54 @@ def logits_to_labels(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tens
     return logits.argmax(dim=1)
 
 
-def dice_iou_from_stats(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class Dice and IoU from counts; NaN where a class has no pixels at all."""
-    tp, fp, fn = tp.double(), fp.double(), fn.double()
+def confusion_matrices(
+    preds: torch.Tensor, target: torch.Tensor, n_labels: int, ignore_index: int | None = None
+) -> torch.Tensor:
+    """Per-image confusion matrices ``(B, K, K)`` (rows: target, columns: prediction).
+
+    Raises ``ValueError`` for a target or prediction outside ``0..K-1`` (``ignore_index`` aside).
+    """
+    batch = preds.shape[0]
+    preds = preds.reshape(batch, -1).long()
+    target = target.reshape(batch, -1).long()
+    valid = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
+    for name, values in (("target", target[valid]), ("prediction", preds[valid])):
+        if values.numel() and (int(values.min()) < 0 or int(values.max()) >= n_labels):
+            bad = int(values.max()) if int(values.max()) >= n_labels else int(values.min())
+            raise ValueError(f"{name} holds class {bad}, outside 0..{n_labels - 1} (num_classes / ignore_index?)")
+    image = torch.arange(batch, device=preds.device).unsqueeze(1).expand_as(target)
+    index = (image * n_labels + target) * n_labels + preds
+    counts = torch.bincount(index[valid], minlength=batch * n_labels * n_labels)
+    return counts.reshape(batch, n_labels, n_labels)
+
+
+def dice_iou_from_confusion(confusion: torch.Tensor, empty_score: float = float("nan")) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class Dice and IoU from ``(..., K, K)`` confusion; ``empty_score`` where a class has no pixels."""
+    confusion = confusion.double()
+    tp = torch.diagonal(confusion, dim1=-2, dim2=-1)
+    fn = confusion.sum(dim=-1) - tp
+    fp = confusion.sum(dim=-2) - tp
     union = tp + fp + fn
-    nan = torch.full_like(union, float("nan"))
-    dice = torch.where(union > 0, 2 * tp / (2 * tp + fp + fn).clamp_min(1), nan)
-    iou = torch.where(union > 0, tp / union.clamp_min(1), nan)
-    return dice.float(), iou.float()
+    empty = torch.full_like(union, empty_score)
+    dice = torch.where(union > 0, 2 * tp / (2 * tp + fp + fn).clamp_min(1), empty)
+    iou = torch.where(union > 0, tp / union.clamp_min(1), empty)
+    return dice, iou
 
 
 class SegmentationMetrics(Metric):
-    """Dice and IoU per class and mean over an epoch.
+    """Dice and IoU per class and mean over an epoch (see the module docstring).
 
-    ``update(preds, target)``: ``(B, H, W)`` long labels each. ``compute()`` returns a dict
-    ``{"dice", "iou", "dice/<class>", "iou/<class>"}`` of scalar tensors.
+    ``update(preds, target)``: ``(B, H, W)`` long labels each. ``compute()`` returns
+    ``{"dice", "iou", "dice/<class>", "iou/<class>"}`` (scalar tensors);
+    :meth:`confusion` the epoch's ``K x K`` pixel confusion matrix.
 
     Args:
         num_classes: model outputs; 1 = binary.
-        class_names: one name per class (two for binary); defaults to ``class0``, ...
+        class_names: one name per class (two for binary); default ``background, foreground``
+            for binary, ``class0, class1, ...`` otherwise.
         ignore_index: target value left out.
         include_background: count class 0 in the multiclass mean.
+        aggregation: ``"dataset"`` (pixels of the whole epoch) or ``"image"`` (mean of per-image scores).
     """
 
     full_state_update = False
@@ -59,37 +92,49 @@ class SegmentationMetrics(Metric):
         num_classes: int,
         class_names: Sequence[str] | None = None,
         ignore_index: int | None = None,
-        include_background: bool = True,
+        include_background: bool = False,
+        aggregation: str = "dataset",
     ) -> None:
         super().__init__()
+        if aggregation not in ("dataset", "image"):
+            raise ValueError(f"aggregation must be 'dataset' or 'image', got {aggregation!r}")
         self.binary = num_classes == 1
-        n_labels = 2 if self.binary else num_classes
+        self.n_labels = 2 if self.binary else num_classes
         if class_names is None:
-            class_names = ["background", "foreground"] if self.binary else [f"class{i}" for i in range(n_labels)]
-        if len(class_names) != n_labels:
-            raise ValueError(f"expected {n_labels} class names, got {len(class_names)}: {list(class_names)}")
+            class_names = ["background", "foreground"] if self.binary else [f"class{i}" for i in range(self.n_labels)]
+        if len(class_names) != self.n_labels:
+            raise ValueError(f"expected {self.n_labels} class names, got {len(class_names)}: {list(class_names)}")
         self.class_names = list(class_names)
+        self.ignore_index = ignore_index
         self.include_background = include_background
-        self.stats = MulticlassStatScores(
-            num_classes=n_labels, average="none", ignore_index=ignore_index, validate_args=False
-        )
+        self.aggregation = aggregation
+        k = self.n_labels
+        self.add_state("confusion_sum", default=torch.zeros(k, k, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("image_dice_sum", default=torch.zeros(k, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("image_iou_sum", default=torch.zeros(k, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("images", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        self.stats.update(preds, target.long())
+        per_image = confusion_matrices(preds, target, self.n_labels, self.ignore_index)
+        self.confusion_sum += per_image.sum(dim=0)
+        dice, iou = dice_iou_from_confusion(per_image, empty_score=1.0)
+        self.image_dice_sum += dice.sum(dim=0)
+        self.image_iou_sum += iou.sum(dim=0)
+        self.images += per_image.shape[0]
+
+    def confusion(self) -> torch.Tensor:
+        """The epoch's ``K x K`` confusion matrix (rows: target, columns: prediction)."""
+        return self.confusion_sum
 
     def compute(self) -> dict[str, torch.Tensor]:
-        tp, fp, _, fn, _ = self.stats.compute().unbind(dim=-1)
-        dice, iou = dice_iou_from_stats(tp, fp, fn)
-        if self.binary:
-            mean_slice = slice(1, 2)
+        if self.aggregation == "dataset":
+            dice, iou = dice_iou_from_confusion(self.confusion_sum)
         else:
-            mean_slice = slice(0 if self.include_background else 1, None)
-        out = {"dice": torch.nanmean(dice[mean_slice]), "iou": torch.nanmean(iou[mean_slice])}
-        for name, d, i in zip(self.class_names, dice, iou):
+            count = self.images.clamp_min(1).double()
+            dice, iou = self.image_dice_sum / count, self.image_iou_sum / count
+        first = 0 if (self.include_background and not self.binary) else 1
+        out = {"dice": torch.nanmean(dice[first:]).float(), "iou": torch.nanmean(iou[first:]).float()}
+        for name, d, i in zip(self.class_names, dice.float(), iou.float()):
             out[f"dice/{name}"] = d
             out[f"iou/{name}"] = i
         return out
-
-    def reset(self) -> None:
-        super().reset()
-        self.stats.reset()

@@ -33,7 +33,9 @@ class SegmentationModule(L.LightningModule):
         class_names: names used in per-class metric keys (two for binary).
         threshold: probability threshold for binary predictions.
         ignore_index: mask value excluded from loss and metrics.
-        include_background: count class 0 in multiclass means.
+        include_background: count class 0 in multiclass means (default: foreground classes only).
+        metric_aggregation: ``"dataset"`` (pixels of the whole epoch) or ``"image"``
+            (mean of per-image scores, Kaggle's Carvana metric).
         channels_last: keep weights and inputs in channels-last memory format
             (faster convolutions on CPU and on tensor-core GPUs).
     """
@@ -49,7 +51,8 @@ class SegmentationModule(L.LightningModule):
         class_names: Sequence[str] | None = None,
         threshold: float = 0.5,
         ignore_index: int | None = None,
-        include_background: bool = True,
+        include_background: bool = False,
+        metric_aggregation: str = "dataset",
         channels_last: bool = True,
     ) -> None:
         super().__init__()
@@ -59,8 +62,15 @@ class SegmentationModule(L.LightningModule):
         loss_params = dict(loss)
         self.loss_fn = build_loss(loss_params.pop("name"), num_classes=num_classes, ignore_index=ignore_index, **loss_params)
         self.val_metrics = SegmentationMetrics(
-            num_classes, class_names=class_names, ignore_index=ignore_index, include_background=include_background
+            num_classes,
+            class_names=class_names,
+            ignore_index=ignore_index,
+            include_background=include_background,
+            aggregation=metric_aggregation,
         )
+        # plain (B)CE, logged as a monitorable metric whatever the training loss is
+        self.val_ce = build_loss("weighted_ce", num_classes=num_classes, ignore_index=ignore_index)
+        self.val_ce_name = "val/bce" if num_classes == 1 else "val/ce"
         self.channels_last = channels_last
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -84,6 +94,8 @@ class SegmentationModule(L.LightningModule):
         logits = self(batch["image"])
         loss = self.loss_fn(logits, batch["mask"])
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(logits), sync_dist=True)
+        ce = self.val_ce(logits, batch["mask"])
+        self.log(self.val_ce_name, ce, on_epoch=True, batch_size=len(logits), sync_dist=True)
         self.val_metrics.update(self.predict_labels(logits), batch["mask"])
 
     def on_validation_epoch_end(self) -> None:

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from segkit.data.class_stats import read_class_weights
 from segkit.models import count_parameters
 from segkit.module import SegmentationModule
 from segkit.runtime import resolve_accelerator, resolve_precision
@@ -69,10 +70,23 @@ def _expand_fast_dev_run(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
     return trainer_cfg
 
 
-def build_module(cfg: DictConfig) -> SegmentationModule:
+def resolve_loss_config(loss: dict[str, Any], num_classes: int, datamodule: Any = None) -> dict[str, Any]:
+    """Replace ``weights: auto`` by the numbers in the dataset's ``class_stats.json``.
+
+    The checkpoint then records the weights actually used, not a path that may move.
+    """
+    if loss.get("weights") != "auto":
+        return loss
+    loss = dict(loss)
+    path = loss.pop("class_stats", None) or getattr(datamodule, "class_stats_path", None)
+    loss["weights"] = read_class_weights(path, max(num_classes, 2))
+    return loss
+
+
+def build_module(cfg: DictConfig, datamodule: Any = None) -> SegmentationModule:
     return SegmentationModule(
         model=_container(cfg.model),
-        loss=_container(cfg.loss),
+        loss=resolve_loss_config(_container(cfg.loss), cfg.module.num_classes, datamodule),
         optimizer=_container(cfg.optimizer),
         scheduler=_container(cfg.get("scheduler")),
         **_container(cfg.module),
@@ -102,7 +116,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         cfg.trainer.precision = precision
 
     datamodule = instantiate(cfg.data, _convert_="all")
-    module = build_module(cfg)
+    module = build_module(cfg, datamodule)
     history = MetricsHistory()
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -14,11 +15,14 @@ from segkit.runtime import resolve_precision
 TINY = ["data.num_images=16", "data.size=64", "data.image_size=64", "data.batch_size=4"]
 
 
-def segkit_train(*args, cwd):
-    exe = Path(sys.executable).with_name("segkit-train")
-    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "segkit.cli"]
+def segkit(command, *args, cwd):
+    exe = Path(sys.executable).with_name(command)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def segkit_train(*args, cwd):
+    return segkit("segkit-train", *args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +109,28 @@ def test_multirun_sweep_gives_each_job_its_own_run_dir(tmp_path):
         assert (sweep / job / "checkpoints" / "best.ckpt").is_file()
         assert json.loads((sweep / job / "metrics.json").read_text())["run_dir"] == str(sweep / job)
         assert f"_target_: {optimizer}" in (sweep / job / "config.yaml").read_text()
+
+
+def test_every_loss_trains_the_demo_model(tmp_path):
+    from segkit.losses import LOSSES
+
+    # weighted_ce defaults to weights: auto, read from what segkit-prepare writes
+    data = [a for a in TINY if not a.startswith("data.batch_size")]
+    prepared = segkit("segkit-prepare", *data, f"hydra.run.dir={tmp_path / 'prep'}", cwd=tmp_path)
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    assert "class_stats.json" in prepared.stdout and "ship" in prepared.stdout
+    sweep = tmp_path / "sweep"
+    names = sorted(LOSSES)
+    result = segkit_train(
+        "-m", f"loss={','.join(names)}", "trainer.fast_dev_run=1", f"hydra.sweep.dir={sweep}", *TINY, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job, name in enumerate(names):
+        metrics = json.loads((sweep / str(job) / "metrics.json").read_text())
+        assert math.isfinite(metrics["final"]["val/loss"]), name
+        assert "val/bce" in metrics["final"]
+        checkpoint = torch.load(sweep / str(job) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        loss = checkpoint["hyper_parameters"]["loss"]
+        assert loss["name"] == name
+        if name == "weighted_ce":  # the checkpoint records the numbers, not 'auto'
+            assert isinstance(loss["weights"], list) and len(loss["weights"]) == 2 and loss["weights"][1] > loss["weights"][0]

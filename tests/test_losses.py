@@ -1,75 +1,233 @@
+"""Every loss against a numpy transcription of its equation, and its properties."""
+
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from segkit.losses import build_loss
+from segkit.losses import LOSSES, build_loss
+from tests.fixtures import loss_reference as ref
+
+ALL = sorted(LOSSES)
+PARAMS = {"weighted_ce": {"weights": None}}  # 'auto' needs a class_stats file; tested below
 
 
-def reference_binary(logits, target, bce_weight=1.0, dice_weight=1.0):
-    p = torch.sigmoid(logits.double())
-    t = target.double()
-    bce = -(t * torch.log(p) + (1 - t) * torch.log(1 - p)).mean()
-    dice = 2 * (p * t).sum() / (p.sum() + t.sum())
-    return bce_weight * bce + dice_weight * (1 - dice)
+def make(name, num_classes, **kwargs):
+    return build_loss(name, num_classes=num_classes, **{**PARAMS.get(name, {}), **kwargs})
 
 
-def reference_multiclass(logits, target):
-    p = torch.softmax(logits.double(), dim=1)
-    n_classes = logits.shape[1]
-    ce = -torch.log(p.gather(1, target.unsqueeze(1))).mean()
-    one_hot = torch.nn.functional.one_hot(target, n_classes).permute(0, 3, 1, 2).double()
-    losses = []
-    for c in range(n_classes):
-        if one_hot[:, c].sum() == 0:
-            continue  # smp's Dice skips classes absent from the target
-        dice = 2 * (p[:, c] * one_hot[:, c]).sum() / (p[:, c].sum() + one_hot[:, c].sum())
-        losses.append(1 - dice)
-    return ce + sum(losses) / n_classes
+def sample(num_classes, seed=0, shape=(2, 5, 6), scale=2.0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(shape[0], num_classes, *shape[1:], generator=g, dtype=torch.float64) * scale
+    target = torch.randint(0, max(num_classes, 2), shape, generator=g)
+    return logits, target
 
 
-def test_binary_bce_dice_matches_the_formula():
-    torch.manual_seed(0)
-    logits = torch.randn(3, 1, 8, 8)
-    target = (torch.rand(3, 8, 8) > 0.7).long()
-    loss = build_loss("bce_dice", num_classes=1, bce_weight=0.3, dice_weight=2.0)
-    assert math.isclose(loss(logits, target).item(), reference_binary(logits[:, 0], target, 0.3, 2.0).item(), rel_tol=1e-5)
-    assert math.isclose(loss(logits, target.float()).item(), loss(logits, target).item(), rel_tol=1e-6)
+def value(loss, logits, target):
+    return loss(logits, target).item()
 
 
-def test_multiclass_ce_dice_matches_the_formula():
-    torch.manual_seed(1)
-    logits = torch.randn(2, 4, 8, 8)
-    target = torch.randint(0, 3, (2, 8, 8))  # class 3 absent
-    loss = build_loss("bce_dice", num_classes=4)
-    assert math.isclose(loss(logits, target).item(), reference_multiclass(logits, target).item(), rel_tol=1e-5)
+# -------------------------------------------------------------- hand values
+def test_unified_focal_by_hand():
+    # two pixels, p = 0.5 each, targets [1, 0]; paper defaults λ=0.5, δ=0.6, γ=0.5
+    logits = torch.zeros(1, 1, 1, 2)
+    target = torch.tensor([[[1, 0]]])
+    focal = (0.6 * 0.5**0.5 * math.log(2) + 0.4 * 0.5**0.5 * math.log(2)) / 2
+    # each class: tp = 0.5, fn = 0.5, fp = 0.5 → mTI = 0.5 / (0.5 + 0.6·0.5 + 0.4·0.5) = 0.5
+    tversky_sym = 0.5**0.5
+    tversky_asym = (0.5 + 0.5**0.5) / 2  # background term not enhanced
+    focal_asym = (0.6 * math.log(2) + 0.4 * 0.5**0.5 * math.log(2)) / 2
+    sym = build_loss("unified_focal", num_classes=1)
+    asym = build_loss("unified_focal", num_classes=1, variant="asymmetric")
+    assert value(sym, logits, target) == pytest.approx(0.5 * focal + 0.5 * tversky_sym, rel=1e-6)
+    assert value(asym, logits, target) == pytest.approx(0.5 * focal_asym + 0.5 * tversky_asym, rel=1e-6)
 
 
+def test_asymmetric_unified_focal_by_hand_with_unequal_classes():
+    # pixel 1: p = 0.75, target 1; pixel 2: p = 0.5, target 0
+    logits = torch.tensor([[[[math.log(3.0), 0.0]]]])
+    target = torch.tensor([[[1, 0]]])
+    # focal: foreground not suppressed, background suppressed by (1 − p_0)^γ
+    focal = (0.6 * -math.log(0.75) + 0.4 * 0.5**0.5 * -math.log(0.5)) / 2
+    # class 1: tp 0.75, fn 0.25, fp 0.5; class 0 (p_0 = [0.25, 0.5]): tp 0.5, fn 0.5, fp 0.25
+    mti1 = 0.75 / (0.75 + 0.6 * 0.25 + 0.4 * 0.5)
+    mti0 = 0.5 / (0.5 + 0.6 * 0.5 + 0.4 * 0.25)
+    tversky = ((1 - mti0) + (1 - mti1) ** 0.5) / 2  # only the foreground enhanced
+    asym = build_loss("unified_focal", num_classes=1, variant="asymmetric")
+    assert value(asym, logits, target) == pytest.approx(0.5 * focal + 0.5 * tversky, rel=1e-6)
+
+
+def test_focal_tversky_by_hand():
+    logits = torch.zeros(1, 1, 1, 2)
+    target = torch.tensor([[[1, 0]]])
+    # tp = fn = fp = 0.5 → TI = (0.5 + 1) / (0.5 + 0.7·0.5 + 0.3·0.5 + 1) = 0.75
+    assert value(build_loss("focal_tversky", num_classes=1), logits, target) == pytest.approx(0.25**0.75, rel=1e-6)
+
+
+def test_weighted_ce_by_hand():
+    logits = torch.tensor([[[[0.0]], [[math.log(3.0)]]]])  # p = [0.25, 0.75]
+    target = torch.tensor([[[0]]])
+    loss = build_loss("weighted_ce", num_classes=2, weights=[2.0, 1.0])
+    assert value(loss, logits, target) == pytest.approx(math.log(4.0), rel=1e-6)
+
+
+# --------------------------------------------------------- numpy references
+REFERENCES = {
+    "unified_focal": (ref.unified_focal, [{}, {"variant": "asymmetric"}, {"per_image": True},
+                                          {"variant": "asymmetric", "per_image": True, "weight": 0.2, "delta": 0.7, "gamma": 0.3}]),
+    "focal_tversky": (ref.focal_tversky, [{}, {"alpha": 0.5, "beta": 0.5, "gamma": 2.0, "reduction": "sum"}]),
+    "weighted_ce": (ref.weighted_ce, [{"weights": None}, {"weights": "per-class"}]),
+    "bce_dice": (ref.bce_dice, [{}, {"bce_weight": 0.1, "dice_weight": 2.0}]),
+    "dice": (ref.dice, [{}]),
+    "jaccard": (ref.jaccard, [{}]),
+    "focal": (ref.focal, [{}, {"gamma": 1.0}]),
+    "lovasz": (ref.lovasz, [{}]),
+}
+REF_ARGS = {"variant": "variant", "weight": "lam", "delta": "delta", "gamma": "gamma", "per_image": "per_image",
+            "alpha": "alpha", "beta": "beta", "reduction": "reduction", "weights": "weights",
+            "bce_weight": "bce_weight", "dice_weight": "dice_weight"}
+
+
+def test_every_registered_loss_has_a_reference():
+    assert set(REFERENCES) == set(LOSSES)
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("num_classes", [1, 4])
+@pytest.mark.parametrize("ignore", [None, 255])
+def test_matches_numpy_reference(name, num_classes, ignore):
+    function, variants = REFERENCES[name]
+    for seed, params in enumerate(variants):
+        params = dict(params)
+        if params.get("weights") == "per-class":
+            params["weights"] = [0.5 + i for i in range(max(num_classes, 2))]
+        logits, target = sample(num_classes, seed=seed)
+        if ignore is not None:
+            target[0, :2] = ignore
+        ours = build_loss(name, num_classes=num_classes, ignore_index=ignore, **params)(logits, target).item()
+        theirs = function(logits.numpy(), target.numpy(), ignore=ignore, **{REF_ARGS[k]: v for k, v in params.items()})
+        tolerance = 1e-5 if name == "lovasz" else 1e-6  # smp's Lovász computes in float32
+        assert ours == pytest.approx(theirs, rel=tolerance, abs=1e-9), (name, params)
+
+
+# --------------------------------------------------------------- properties
+def perfect_logits(target, num_classes, margin=12.0):
+    if num_classes == 1:
+        return ((target.double() * 2 - 1) * margin).unsqueeze(1)
+    return torch.nn.functional.one_hot(target, num_classes).permute(0, 3, 1, 2).double() * 2 * margin - margin
+
+
+@pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("num_classes", [1, 3])
-def test_ignore_index_pixels_do_not_count(num_classes):
-    torch.manual_seed(2)
-    logits = torch.randn(2, num_classes, 8, 8)
-    target = torch.randint(0, max(num_classes, 2), (2, 8, 8))
-    loss = build_loss("bce_dice", num_classes=num_classes, ignore_index=255)
+def test_loss_falls_to_its_minimum_as_predictions_improve(name, num_classes):
+    logits, target = sample(num_classes, seed=3)
+    best = perfect_logits(target, num_classes)
+    loss = make(name, num_classes)
+    values = [value(loss, (1 - t) * logits + t * best, target) for t in (0.0, 0.5, 1.0)]
+    assert values[0] > values[1] >= values[2]  # a hinge (Lovász) may reach 0 before t = 1
+    assert values[2] < 0.02 and values[2] >= -1e-9
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("num_classes", [1, 3])
+def test_gradcheck_float64(name, num_classes):
+    logits, target = sample(num_classes, seed=5, shape=(2, 3, 3), scale=1.0)
+    logits.requires_grad_(True)
+    loss = make(name, num_classes)
+    if name == "lovasz":  # smp's Lovász runs in float32: coarser steps, looser tolerance
+        assert torch.autograd.gradcheck(lambda x: loss(x, target).double(), (logits,), eps=1e-3, atol=2e-3, rtol=1e-2)
+    else:
+        assert torch.autograd.gradcheck(lambda x: loss(x, target), (logits,), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("num_classes", [1, 3])
+def test_empty_ground_truth_gives_finite_loss_and_gradient(name, num_classes):
+    logits, _ = sample(num_classes, seed=6)
+    logits.requires_grad_(True)
+    target = torch.zeros(2, 5, 6, dtype=torch.long)
+    out = make(name, num_classes)(logits, target)
+    out.backward()
+    assert torch.isfinite(out) and torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("num_classes", [1, 3])
+def test_extreme_logits_under_bf16_autocast_stay_finite(name, num_classes):
+    _, target = sample(num_classes, seed=7)
+    signs = torch.randint(0, 2, (2, num_classes, 5, 6), generator=torch.Generator().manual_seed(7)) * 2 - 1
+    weights = torch.nn.Parameter(torch.ones(1))
+    loss = make(name, num_classes)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = (signs.float() * 50.0 * weights).to(torch.bfloat16)
+        out = loss(logits, target)
+    out.backward()
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out) and torch.isfinite(weights.grad).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("num_classes", [1, 3])
+def test_ignored_pixels_change_nothing(name, num_classes):
+    logits, target = sample(num_classes, seed=8, shape=(2, 6, 6))
     ignored = target.clone()
-    ignored[:, :, 4:] = 255
+    ignored[:, :, 3:] = 255
     wild = logits.clone()
-    wild[:, :, :, 4:] = 100.0  # anything on ignored pixels
-    assert math.isclose(loss(logits, ignored).item(), loss(wild, ignored).item(), rel_tol=1e-5)
+    wild[..., 3:] = torch.randn_like(wild[..., 3:]) * 30
+    loss = make(name, num_classes, ignore_index=255)
+    assert value(loss, logits, ignored) == pytest.approx(value(loss, wild, ignored), rel=1e-9)
     # and equals the loss of the valid part alone
-    assert math.isclose(
-        loss(logits, ignored).item(), loss(logits[..., :4], target[..., :4]).item(), rel_tol=1e-4
-    )
+    assert value(loss, logits, ignored) == pytest.approx(value(loss, logits[..., :3], target[..., :3]), rel=1e-6)
 
 
-@pytest.mark.parametrize("num_classes", [1, 3])
-def test_half_precision_logits_give_a_finite_float32_loss(num_classes):
-    logits = (torch.randn(2, num_classes, 16, 16) * 40).to(torch.bfloat16)
-    target = torch.randint(0, max(num_classes, 2), (2, 16, 16))
-    value = build_loss("bce_dice", num_classes=num_classes)(logits, target)
-    assert value.dtype == torch.float32 and torch.isfinite(value)
+@pytest.mark.parametrize(
+    "name, params",
+    [("unified_focal", {}), ("unified_focal", {"variant": "asymmetric"}), ("unified_focal", {"per_image": True}),
+     ("weighted_ce", {"weights": [0.3, 2.0]}), ("weighted_ce", {"weights": None})],
+)
+def test_two_class_softmax_equals_binary(name, params):
+    z, target = sample(1, seed=9)
+    two_class = torch.cat([torch.zeros_like(z), z], dim=1)  # softmax([0, z]) = [1 − σ(z), σ(z)]
+    binary = build_loss(name, num_classes=1, **params)(z, target).item()
+    softmax = build_loss(name, num_classes=2, **params)(two_class, target).item()
+    assert binary == pytest.approx(softmax, rel=1e-9)
 
 
-def test_unknown_loss():
-    with pytest.raises(ValueError, match="unknown loss 'dicey'; available: bce_dice"):
+def test_float_binary_target_equals_long():
+    logits, target = sample(1, seed=10)
+    for name in ALL:
+        loss = make(name, 1)
+        assert value(loss, logits, target.double()) == pytest.approx(value(loss, logits, target), rel=1e-12), name
+
+
+# ------------------------------------------------------------ bad arguments
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="unknown loss 'dicey'; available: bce_dice, dice, focal, focal_tversky"):
         build_loss("dicey", num_classes=1)
+    with pytest.raises(ValueError, match="variant must be 'symmetric' or 'asymmetric'"):
+        build_loss("unified_focal", num_classes=1, variant="sideways")
+    with pytest.raises(ValueError, match="delta must be in"):
+        build_loss("unified_focal", num_classes=1, delta=1.5)
+    with pytest.raises(ValueError, match="loss 'focal_tversky'.*unexpected keyword argument 'alhpa'"):
+        build_loss("focal_tversky", num_classes=1, alhpa=0.3)
+    with pytest.raises(ValueError, match="3 weights given for 2 classes"):
+        build_loss("weighted_ce", num_classes=1, weights=[1, 2, 3])
+    with pytest.raises(ValueError, match="target holds class 5 but the loss has 3 classes"):
+        build_loss("unified_focal", num_classes=3)(torch.zeros(1, 3, 2, 2), torch.full((1, 2, 2), 5))
+
+
+def test_weighted_ce_auto_weights(tmp_path):
+    from segkit.data.class_stats import write_class_stats
+
+    with pytest.raises(ValueError, match="weights: auto needs the dataset's class_stats.json.*segkit-prepare"):
+        build_loss("weighted_ce", num_classes=3, weights="auto")
+    path = tmp_path / "class_stats.json"
+    with pytest.raises(FileNotFoundError, match=f"{path}, which does not exist yet.*segkit-prepare dataset="):
+        build_loss("weighted_ce", num_classes=3, weights="auto", class_stats=path)
+    write_class_stats(path, [700, 200, 100], ["bg", "a", "b"], images=4)
+    loss = build_loss("weighted_ce", num_classes=3, weights="auto", class_stats=path)
+    inverse = np.array([1 / 0.7, 1 / 0.2, 1 / 0.1])
+    np.testing.assert_allclose(loss.class_weights.numpy(), inverse * 3 / inverse.sum(), rtol=1e-6)
+    with pytest.raises(ValueError, match="has weights for 3 classes, the model has 2"):
+        build_loss("weighted_ce", num_classes=1, weights="auto", class_stats=path)

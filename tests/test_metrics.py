@@ -1,68 +1,119 @@
+"""SegmentationMetrics against a numpy confusion-matrix reference."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from segkit.metrics import SegmentationMetrics, logits_to_labels
+from segkit.metrics import SegmentationMetrics, confusion_matrices, logits_to_labels
 
 
-def numpy_scores(preds, target, n_classes, ignore=None):
-    preds, target = preds.numpy().ravel(), target.numpy().ravel()
+def np_confusion(preds, target, k, ignore=None):
+    preds, target = np.asarray(preds).ravel(), np.asarray(target).ravel()
     if ignore is not None:
         keep = target != ignore
         preds, target = preds[keep], target[keep]
-    dice, iou = [], []
-    for c in range(n_classes):
-        p, t = preds == c, target == c
-        inter, total, union = (p & t).sum(), p.sum() + t.sum(), (p | t).sum()
-        dice.append(2 * inter / total if total else math.nan)
-        iou.append(inter / union if union else math.nan)
-    return np.array(dice), np.array(iou)
+    matrix = np.zeros((k, k), np.int64)
+    for t, p in zip(target, preds):
+        matrix[t, p] += 1
+    return matrix
 
 
-def test_multiclass_epoch_scores_match_numpy():
-    torch.manual_seed(0)
-    batches = [(torch.randint(0, 4, (2, 9, 9)), torch.randint(0, 4, (2, 9, 9))) for _ in range(3)]
-    metric = SegmentationMetrics(num_classes=4, class_names=["bg", "a", "b", "c"])
-    for preds, target in batches:
+def np_scores(matrix, empty):
+    tp = np.diag(matrix).astype(float)
+    fp, fn = matrix.sum(0) - tp, matrix.sum(1) - tp
+    union = tp + fp + fn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dice = np.where(union > 0, 2 * tp / (2 * tp + fp + fn), empty)
+        iou = np.where(union > 0, tp / union, empty)
+    return dice, iou
+
+
+def batches(k, sizes, seed=0, absent=()):
+    """Random label batches of different sizes; classes in ``absent`` never appear."""
+    rng = np.random.default_rng(seed)
+    allowed = [c for c in range(k) if c not in absent]
+    out = []
+    for b, (h, w) in enumerate(sizes):
+        target = rng.choice(allowed, size=(b % 3 + 1, h, w))
+        preds = np.where(rng.random(target.shape) < 0.6, target, rng.choice(allowed, size=target.shape))
+        out.append((torch.from_numpy(preds), torch.from_numpy(target)))
+    return out
+
+
+SIZES = [(5, 7), (3, 4), (8, 2), (6, 6)]
+
+
+@pytest.mark.parametrize("include_background", [False, True])
+@pytest.mark.parametrize("ignore", [None, 255])
+def test_dataset_level_scores_match_numpy(include_background, ignore):
+    data = batches(5, SIZES, seed=1, absent=(4,))
+    # class 3 absent from the first batch only, class 4 from the whole epoch
+    data[0][1][data[0][1] == 3] = 0
+    if ignore is not None:
+        data[1][1][:, 0, :] = ignore
+    metric = SegmentationMetrics(5, ignore_index=ignore, include_background=include_background)
+    for preds, target in data:
         metric.update(preds, target)
     scores = metric.compute()
-    preds = torch.cat([b[0] for b in batches])
-    target = torch.cat([b[1] for b in batches])
-    dice, iou = numpy_scores(preds, target, 4)
-    for i, name in enumerate(["bg", "a", "b", "c"]):
-        assert math.isclose(scores[f"dice/{name}"].item(), dice[i], rel_tol=1e-6)
-        assert math.isclose(scores[f"iou/{name}"].item(), iou[i], rel_tol=1e-6)
-    assert math.isclose(scores["dice"].item(), dice.mean(), rel_tol=1e-6)
-    assert math.isclose(scores["iou"].item(), iou.mean(), rel_tol=1e-6)
-    no_bg = SegmentationMetrics(num_classes=4, include_background=False)
-    for preds_b, target_b in batches:
-        no_bg.update(preds_b, target_b)
-    assert math.isclose(no_bg.compute()["dice"].item(), dice[1:].mean(), rel_tol=1e-6)
+    matrix = sum(np_confusion(p, t, 5, ignore) for p, t in data)
+    np.testing.assert_array_equal(metric.confusion().numpy(), matrix)
+    dice, iou = np_scores(matrix, np.nan)
+    assert math.isnan(dice[4]) and math.isnan(scores["dice/class4"].item())  # absent all epoch: no score
+    for c in range(4):
+        assert scores[f"dice/class{c}"].item() == pytest.approx(dice[c], rel=1e-6)
+        assert scores[f"iou/class{c}"].item() == pytest.approx(iou[c], rel=1e-6)
+    first = 0 if include_background else 1
+    assert scores["dice"].item() == pytest.approx(np.nanmean(dice[first:]), rel=1e-6)
+    assert scores["iou"].item() == pytest.approx(np.nanmean(iou[first:]), rel=1e-6)
+
+
+def test_per_image_aggregation_is_the_mean_of_image_scores():
+    data = batches(3, SIZES, seed=2)
+    # an image where class 2 is neither in the target nor predicted: scores 1 there
+    data[2][0][0][data[2][0][0] == 2] = 0
+    data[2][1][0][data[2][1][0] == 2] = 0
+    metric = SegmentationMetrics(3, aggregation="image")
+    per_image = []
+    for preds, target in data:
+        metric.update(preds, target)
+        for p, t in zip(preds, target):
+            per_image.append(np_scores(np_confusion(p, t, 3), 1.0))
+    scores = metric.compute()
+    dice = np.array([d for d, _ in per_image])
+    iou = np.array([i for _, i in per_image])
+    assert (dice[:, 2] == 1.0).any()
+    for c in range(3):
+        assert scores[f"dice/class{c}"].item() == pytest.approx(dice[:, c].mean(), rel=1e-6)
+        assert scores[f"iou/class{c}"].item() == pytest.approx(iou[:, c].mean(), rel=1e-6)
+    assert scores["dice"].item() == pytest.approx(dice[:, 1:].mean(), rel=1e-6)
 
 
 def test_binary_reports_the_foreground():
-    preds = torch.tensor([[[1, 1, 0, 0]]])
-    target = torch.tensor([[[1, 0, 0, 0]]])
-    metric = SegmentationMetrics(num_classes=1)
-    metric.update(preds, target)
-    scores = metric.compute()
-    assert math.isclose(scores["dice"].item(), 2 / 3, rel_tol=1e-6)
-    assert math.isclose(scores["iou"].item(), 1 / 2, rel_tol=1e-6)
-    assert math.isclose(scores["dice/background"].item(), 0.8, rel_tol=1e-6)
+    preds = torch.tensor([[[1, 1, 0, 0]], [[0, 0, 0, 0]]])
+    target = torch.tensor([[[1, 0, 0, 0]], [[0, 0, 0, 0]]])
+    dataset = SegmentationMetrics(num_classes=1)
+    dataset.update(preds, target)
+    assert dataset.compute()["dice"].item() == pytest.approx(2 / 3)
+    assert dataset.compute()["iou"].item() == pytest.approx(1 / 2)
+    assert dataset.compute()["dice/background"].item() == pytest.approx(2 * 6 / (2 * 6 + 1))  # 6 TP, 1 FN
+    image = SegmentationMetrics(num_classes=1, aggregation="image")
+    image.update(preds, target)
+    assert image.compute()["dice"].item() == pytest.approx((2 / 3 + 1.0) / 2)  # empty image: Dice 1
 
 
-def test_absent_class_is_nan_and_left_out_of_the_mean_and_ignore_index():
-    preds = torch.tensor([[[0, 1, 1, 2]]])
-    target = torch.tensor([[[0, 1, 255, 1]]])
-    metric = SegmentationMetrics(num_classes=4, ignore_index=255)
-    metric.update(preds, target)
-    scores = metric.compute()
-    dice, _ = numpy_scores(preds, target, 4, ignore=255)
-    assert math.isnan(scores["dice/class3"].item()) and math.isnan(dice[3])
-    assert math.isclose(scores["dice"].item(), np.nanmean(dice), rel_tol=1e-6)
-    assert math.isclose(scores["dice/class1"].item(), 2 / 3, rel_tol=1e-6)
+def test_state_merges_like_a_ddp_sync():
+    """Two ranks' states summed give what one process seeing everything gives."""
+    data = batches(4, SIZES, seed=3)
+    whole, rank0, rank1 = (SegmentationMetrics(4, aggregation=a) for a in ("image", "image", "image"))
+    for i, (p, t) in enumerate(data):
+        whole.update(p, t)
+        (rank0 if i % 2 else rank1).update(p, t)
+    rank0.merge_state(rank1)
+    for key, val in whole.compute().items():
+        assert rank0.compute()[key].item() == pytest.approx(val.item(), rel=1e-9, nan_ok=True), key
+    assert all(fx is not None for fx in whole._reductions.values())
 
 
 def test_reset_starts_a_new_epoch():
@@ -74,6 +125,12 @@ def test_reset_starts_a_new_epoch():
     assert metric.compute()["dice"].item() == 1.0
 
 
+def test_out_of_range_labels_are_named():
+    with pytest.raises(ValueError, match="target holds class 7, outside 0..2"):
+        confusion_matrices(torch.zeros(1, 2, 2), torch.full((1, 2, 2), 7), 3)
+    confusion_matrices(torch.zeros(1, 2, 2), torch.full((1, 2, 2), 255), 3, ignore_index=255)
+
+
 def test_logits_to_labels():
     binary = torch.tensor([[[[-1.0, 0.1], [2.0, -0.1]]]])
     assert logits_to_labels(binary).tolist() == [[[0, 1], [1, 0]]]
@@ -82,6 +139,8 @@ def test_logits_to_labels():
     assert logits_to_labels(multi).tolist() == [[[1]]]
 
 
-def test_class_names_must_match():
+def test_bad_arguments():
     with pytest.raises(ValueError, match="expected 2 class names"):
         SegmentationMetrics(num_classes=1, class_names=["a", "b", "c"])
+    with pytest.raises(ValueError, match="aggregation must be 'dataset' or 'image'"):
+        SegmentationMetrics(num_classes=3, aggregation="pixel")

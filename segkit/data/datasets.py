@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segkit.data.io import read_image, read_mask
+from segkit.data.io import image_size, read_image, read_mask
 from segkit.data.transforms import to_sample
 
 __all__ = ["ImageMaskDataset"]
@@ -60,6 +60,13 @@ class ImageMaskDataset(Dataset):
                     f"{image_path} is {image.shape[0]}x{image.shape[1]}"
                 )
         return image, mask
+
+    def load_mask(self, index: int) -> np.ndarray:
+        """The raw ``(H, W)`` mask of one item without decoding its image (for statistics)."""
+        mask_path = self.mask_paths[index]
+        if mask_path is None:
+            return np.zeros(image_size(self.image_paths[index]), dtype=np.uint8)
+        return read_mask(mask_path)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         image, mask = self.load(index)

@@ -1,0 +1,90 @@
+"""Per-class pixel statistics of a dataset and the class weights derived from them.
+
+``segkit-prepare`` counts the pixels of each class over a dataset's training split and
+writes ``class_stats.json``::
+
+    {"class_names": [...], "pixel_counts": [...], "frequencies": [...], "weights": [...],
+     "images": N, "split": "train"}
+
+``weights`` are inverse pixel frequencies normalised to mean 1 over the classes present
+(a class with no pixels gets weight 0: it never appears in a target).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["CLASS_STATS_FILE", "count_pixels", "inverse_frequency_weights", "read_class_weights", "write_class_stats"]
+
+CLASS_STATS_FILE = "class_stats.json"
+
+HOW_TO_CREATE = (
+    "create it with `segkit-prepare dataset=<name> data.root=<your data>` (it counts the pixels "
+    "of every class over the training split), or give the weights yourself: loss.weights=[w0,w1,...]"
+)
+
+
+def count_pixels(mask: np.ndarray, n_labels: int, ignore_index: int | None = None) -> np.ndarray:
+    """Pixels of each label ``0..n_labels-1`` in ``mask``; values outside are an error."""
+    values = mask.ravel()
+    if ignore_index is not None:
+        values = values[values != ignore_index]
+    counts = np.bincount(values.astype(np.int64), minlength=n_labels)
+    if len(counts) > n_labels:
+        raise ValueError(f"mask holds label {len(counts) - 1}, outside 0..{n_labels - 1}")
+    return counts
+
+
+def inverse_frequency_weights(pixel_counts: Sequence[int]) -> list[float]:
+    """``1 / frequency`` per class, scaled to mean 1 over classes with pixels; 0 for absent ones."""
+    counts = np.asarray(pixel_counts, dtype=np.float64)
+    if counts.sum() <= 0:
+        raise ValueError("no pixels counted: cannot derive class weights")
+    present = counts > 0
+    weights = np.zeros_like(counts)
+    weights[present] = counts.sum() / counts[present]
+    weights[present] *= present.sum() / weights[present].sum()
+    return weights.tolist()
+
+
+def write_class_stats(
+    path: str | os.PathLike, pixel_counts: Sequence[int], class_names: Sequence[str], images: int
+) -> dict:
+    """Write ``class_stats.json`` atomically and return its content."""
+    counts = [int(c) for c in pixel_counts]
+    total = sum(counts)
+    payload = {
+        "class_names": list(class_names),
+        "pixel_counts": counts,
+        "frequencies": [c / total for c in counts],
+        "weights": inverse_frequency_weights(counts),
+        "images": images,
+        "split": "train",
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+    return payload
+
+
+def read_class_weights(path: str | os.PathLike | None, n_labels: int) -> list[float]:
+    """The ``weights`` of a ``class_stats.json``, checked against the number of classes."""
+    if not path:
+        raise ValueError(f"weights: auto needs the dataset's {CLASS_STATS_FILE}, and none is known: {HOW_TO_CREATE}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights: auto reads {path}, which does not exist yet: {HOW_TO_CREATE}")
+    try:
+        weights = json.loads(path.read_text())["weights"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a segkit class statistics file ({err}); {HOW_TO_CREATE}") from err
+    if len(weights) != n_labels:
+        raise ValueError(f"{path}: has weights for {len(weights)} classes, the model has {n_labels}")
+    return [float(w) for w in weights]
