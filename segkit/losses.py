@@ -323,17 +323,17 @@ def _binary_cross_entropy(
 class WeightedCELoss(nn.Module):
     """Cross-entropy with per-class weights (the DOTA seed: inverse pixel frequency).
 
-    ``weights``: a list of one weight per class (two for binary: background, foreground),
-    ``None`` for plain cross-entropy, or ``"auto"`` to read the inverse-frequency weights
-    from ``class_stats`` — the ``class_stats.json`` that ``segkit-prepare`` writes for a
-    dataset. The loss is the weighted mean ``Σ w_y · CE / Σ w_y`` over valid pixels
+    ``weights``: ``"auto"`` (default) reads the inverse-frequency weights from
+    ``class_stats`` — the ``class_stats.json`` that ``segkit-prepare`` writes for a
+    dataset; or a list of one weight per class (two for binary: background, foreground);
+    or ``None`` for plain cross-entropy. The loss is the weighted mean ``Σ w_y · CE / Σ w_y`` over valid pixels
     (PyTorch's convention); binary uses the sigmoid form with the same weighting.
     """
 
     def __init__(
         self,
         num_classes: int,
-        weights: Sequence[float] | str | None = None,
+        weights: Sequence[float] | str | None = "auto",
         class_stats: str | os.PathLike | None = None,
         ignore_index: int | None = None,
     ) -> None:

@@ -69,7 +69,7 @@ class SegmentationModule(L.LightningModule):
             aggregation=metric_aggregation,
         )
         # plain (B)CE, logged as a monitorable metric whatever the training loss is
-        self.val_ce = build_loss("weighted_ce", num_classes=num_classes, ignore_index=ignore_index)
+        self.val_ce = build_loss("weighted_ce", num_classes=num_classes, weights=None, ignore_index=ignore_index)
         self.val_ce_name = "val/bce" if num_classes == 1 else "val/ce"
         self.channels_last = channels_last
         if channels_last:

@@ -84,3 +84,42 @@ def test_configs_are_found_after_a_plain_wheel_install(tmp_path):
     first, second = out.stdout.splitlines()[-2:]
     assert first.startswith(str(target))  # the installed copy, not the checkout
     assert second == "datamodules.airbus.AirbusDataModule segnet"
+
+
+def _python_defaults(factory):
+    import inspect
+
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    return {n: p.default for n, p in inspect.signature(target).parameters.items() if p.default is not p.empty}
+
+
+@pytest.mark.parametrize("group", ["loss", "model"])
+def test_group_yaml_defaults_equal_the_python_defaults(group):
+    import inspect
+
+    import segmentation_models_pytorch.losses as smp_losses
+    import yaml
+
+    from segkit.losses import LOSSES
+    from segkit.models import MODELS
+
+    smp_classes = {"dice": smp_losses.DiceLoss, "jaccard": smp_losses.JaccardLoss,
+                   "lovasz": smp_losses.LovaszLoss, "focal": smp_losses.FocalLoss}
+    for path in sorted((REPO / "conf" / group).glob("*.yaml")):
+        params = yaml.safe_load(path.read_text())
+        name = params.pop("name")
+        if group == "loss":
+            factory = smp_classes.get(name, LOSSES[name])
+        else:
+            from segkit.models.segnet import SegNet
+
+            factory = SegNet if name == "segnet" else MODELS[name]
+        defaults = _python_defaults(factory)
+        for key, yaml_value in params.items():
+            assert key in defaults, f"{path.name}: {key} is no parameter of {name}"
+            python_value = defaults[key]
+            if isinstance(python_value, tuple):
+                python_value = list(python_value)
+            assert yaml_value == pytest.approx(python_value) if isinstance(yaml_value, float) else yaml_value == python_value, (
+                f"{path.name}: {key} is {yaml_value!r} in YAML, {python_value!r} in Python"
+            )
