@@ -136,7 +136,6 @@ class SyntheticDataModule(AirbusDataModule):
             root = str(default_cache_dir("synthetic-data", json.dumps(self.generator, sort_keys=True)))
         super().__init__(root=root, **kwargs)
 
-    def _load_index(self):  # type: ignore[override]
-        if self.index is None:
-            write_synthetic_airbus(self.root, **self.generator)
-        return super()._load_index()
+    def require_root(self) -> Path:
+        write_synthetic_airbus(self.root, **self.generator)  # once; later calls return at once
+        return super().require_root()

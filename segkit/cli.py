@@ -33,11 +33,14 @@ def train(cfg: DictConfig) -> float | None:
 
 @hydra.main(version_base="1.3", config_path="pkg://segkit.conf", config_name="prepare")
 def prepare(cfg: DictConfig) -> None:
-    """``segkit-prepare``: build caches and splits, write the class statistics."""
+    """``segkit-prepare``: build caches and splits, write the class statistics; ``check=true``
+    lists every problem of the dataset's files instead (exit status 1 when there are any)."""
     from segkit.prepare import run_prepare
 
     _route_lightning_logs_to_hydra()
-    run_prepare(cfg)
+    result = run_prepare(cfg)
+    if result.get("problems"):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

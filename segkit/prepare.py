@@ -1,12 +1,17 @@
 """``segkit-prepare``: one-off data preparation before training.
 
-Runs the datamodule's own preparation (e.g. the Airbus mask cache), builds its splits,
-then counts the pixels of every class over the training split and writes
-``class_stats.json`` (used by ``loss=weighted_ce loss.weights=auto``).
+Runs the dataset's own preparation (Airbus/Carvana mask caches, DOTA patches, oil-seep
+image statistics, the buildings validation split), then counts the pixels of every class
+over the training split into ``class_stats.json`` (read by ``loss=weighted_ce
+loss.weights=auto``) and plots the class distribution. Every step is skipped when its
+output is up to date. ``check=true`` instead reads every file and lists all problems.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,27 +20,80 @@ from omegaconf import DictConfig
 
 from segkit.data.class_stats import count_pixels, write_class_stats
 
-__all__ = ["run_prepare", "format_class_stats"]
+__all__ = ["format_class_stats", "plot_class_distribution", "run_check", "run_prepare"]
+
+PLOT_FILE = "class_distribution.png"
 
 
 def run_prepare(cfg: DictConfig) -> dict[str, Any]:
-    """Prepare ``cfg.data``; return the class statistics written."""
+    """Prepare ``cfg.data``; return the class statistics (written or found up to date)."""
     datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.prepare_data()
+    if cfg.get("check"):
+        problems = run_check(datamodule)
+        return {"problems": problems}
+    messages = list(datamodule.prepare_dataset())
     datamodule.setup("fit")
-    dataset = datamodule.train_dataset
-    n_labels = max(int(cfg.data.num_classes), 2)
-    counts = np.zeros(n_labels, dtype=np.int64)
-    for index in range(len(dataset)):
-        try:
-            counts += count_pixels(dataset.load_mask(index), n_labels, cfg.get("ignore_index"))
-        except ValueError as err:
-            raise ValueError(f"{dataset.mask_paths[index] or dataset.image_paths[index]}: {err}") from None
-    names = getattr(datamodule, "class_names", None) or [f"class{i}" for i in range(n_labels)]
-    stats = write_class_stats(datamodule.class_stats_path, counts, names, images=len(dataset))
-    stats["path"] = str(datamodule.class_stats_path)
+    stats, message = _class_stats(datamodule)
+    messages.append(message)
+    print("\n".join(f"- {m}" for m in messages))
     print(format_class_stats(stats))
     return stats
+
+
+def run_check(datamodule: Any) -> list[str]:
+    """Print every problem of the dataset's files (one per line) and return them."""
+    problems = datamodule.check()
+    if problems:
+        print(f"{len(problems)} problem(s) found in {datamodule.kind} data at {datamodule.root}:")
+        for problem in problems:
+            print(f"  {problem}")
+    else:
+        print(f"{datamodule.kind} data at {datamodule.root}: every file checked, no problems")
+    return problems
+
+
+def _class_stats(datamodule: Any) -> tuple[dict[str, Any], str]:
+    dataset = datamodule.train_dataset
+    n_labels = max(datamodule.num_classes, 2)
+    fingerprint = hashlib.sha1(
+        "\n".join([datamodule.fingerprint(), str(n_labels), str(datamodule.ignore_index), *dataset.names]).encode()
+    ).hexdigest()
+    path = datamodule.class_stats_path
+    if path.is_file():
+        stats = json.loads(path.read_text())
+        if stats.get("fingerprint") == fingerprint:
+            stats["path"] = str(path)
+            return stats, f"class statistics {path} are up to date: nothing to do"
+    from tqdm.auto import tqdm
+
+    counts = np.zeros(n_labels, dtype=np.int64)
+    for index in tqdm(range(len(dataset)), desc="counting class pixels", unit="mask"):
+        counts += count_pixels(dataset.load_mask(index), n_labels, datamodule.ignore_index)
+    stats = write_class_stats(path, counts, datamodule.class_names, images=len(dataset), extra={"fingerprint": fingerprint})
+    plot_class_distribution(stats, path.with_name(PLOT_FILE))
+    stats["path"] = str(path)
+    return stats, f"class statistics of {len(dataset)} training images written to {path} (plot: {path.with_name(PLOT_FILE)})"
+
+
+def plot_class_distribution(stats: dict[str, Any], path: Path) -> None:
+    """Bar plot of pixels per class, log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, counts = stats["class_names"], stats["pixel_counts"]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(names) + 2), 3.6))
+    ax.bar(range(len(names)), [max(c, 0.5) for c in counts], color="#3b75af")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(names)), names, rotation=45 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
+    ax.set_ylabel("pixels (log scale)")
+    ax.set_title(f"class distribution over {stats['images']} training images")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 def format_class_stats(stats: dict[str, Any]) -> str:
@@ -43,5 +101,5 @@ def format_class_stats(stats: dict[str, Any]) -> str:
     lines = [f"{'class':<{width}}  {'pixels':>14}  {'share':>8}  {'weight':>8}"]
     for name, count, freq, weight in zip(stats["class_names"], stats["pixel_counts"], stats["frequencies"], stats["weights"]):
         lines.append(f"{name:<{width}}  {count:>14,}  {freq:>8.4%}  {weight:>8.3f}")
-    lines.append(f"{stats['images']} training images; written to {stats['path']}")
+    lines.append(f"{stats['images']} training images; {stats['path']}")
     return "\n".join(lines)

@@ -15,12 +15,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from segkit.data.class_stats import read_class_weights
+from segkit.data.class_stats import read_class_weights, write_json_atomic
 from segkit.models import count_parameters
 from segkit.module import SegmentationModule
 from segkit.runtime import resolve_accelerator, resolve_precision
 
-__all__ = ["MetricsHistory", "run_training", "write_json_atomic"]
+__all__ = ["MetricsHistory", "build_module", "run_training"]
 
 
 class MetricsHistory(Callback):
@@ -35,12 +35,6 @@ class MetricsHistory(Callback):
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         row.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
         self.epochs.append(row)
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, allow_nan=True) + "\n")
-    os.replace(tmp, path)
 
 
 def _container(cfg: DictConfig | None) -> Any:

@@ -126,9 +126,9 @@ def test_interrupted_cache_build_is_completed(airbus, tmp_path):
 
 def test_read_airbus_csv_groups_rows(airbus):
     index = read_airbus_csv(airbus.csv_path)
-    assert len(index.image_ids) == 32
-    assert sum(index.has_ship(i) for i in index.image_ids) == 12
-    for image_id, ships in index.ships.items():
+    assert len(index.ids) == 32
+    assert sum(index.has_mask(i) for i in index.ids) == 12
+    for image_id, ships in index.rows.items():
         assert len(ships) == len(airbus.ships[image_id])
         assert all(line >= 2 for line, _ in ships)
 
@@ -160,7 +160,7 @@ def test_csv_without_the_two_columns(airbus, tmp_path):
 def test_image_missing_for_an_image_id(airbus, tmp_path):
     victim = next(iter(airbus.ships))
     os.remove(airbus.root / "train_v2" / victim)
-    with pytest.raises(FileNotFoundError, match=f"1 ImageId\\(s\\) have no image.*{victim}"):
+    with pytest.raises(ValueError, match=f"1 problem\\(s\\) in airbus data(.|\n)*ImageId '{victim}' has no image"):
         make_dm(airbus.root, tmp_path).setup("fit")
 
 
@@ -191,7 +191,7 @@ def test_malformed_rle_names_csv_line_and_image(airbus, tmp_path):
     image_id = lines[1].split(",")[0]
     lines[1] = f"{image_id},5 3 6 2"
     airbus.csv_path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(ValueError, match=rf"train_ship_segmentations_v2.csv:2: ImageId '{image_id}'.*overlap"):
+    with pytest.raises(ValueError, match=rf"train_ship_segmentations_v2.csv:2: '{image_id}'.*overlap"):
         make_dm(airbus.root, tmp_path).prepare_data()
 
 

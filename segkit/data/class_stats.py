@@ -19,9 +19,19 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CLASS_STATS_FILE", "count_pixels", "inverse_frequency_weights", "read_class_weights", "write_class_stats"]
+__all__ = [
+    "CLASS_STATS_FILE",
+    "IMAGE_STATS_FILE",
+    "count_pixels",
+    "inverse_frequency_weights",
+    "read_class_weights",
+    "read_image_stats",
+    "write_class_stats",
+    "write_json_atomic",
+]
 
 CLASS_STATS_FILE = "class_stats.json"
+IMAGE_STATS_FILE = "image_stats.json"
 
 HOW_TO_CREATE = (
     "create it with `segkit-prepare dataset=<name> data.root=<your data>` (it counts the pixels "
@@ -53,7 +63,7 @@ def inverse_frequency_weights(pixel_counts: Sequence[int]) -> list[float]:
 
 
 def write_class_stats(
-    path: str | os.PathLike, pixel_counts: Sequence[int], class_names: Sequence[str], images: int
+    path: str | os.PathLike, pixel_counts: Sequence[int], class_names: Sequence[str], images: int, extra: dict | None = None
 ) -> dict:
     """Write ``class_stats.json`` atomically and return its content."""
     counts = [int(c) for c in pixel_counts]
@@ -65,13 +75,33 @@ def write_class_stats(
         "weights": inverse_frequency_weights(counts),
         "images": images,
         "split": "train",
+        **(extra or {}),
     }
+    write_json_atomic(path, payload)
+    return payload
+
+
+def write_json_atomic(path: str | os.PathLike, payload: object) -> None:
+    """Write JSON under a temporary name, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)
-    return payload
+
+
+def read_image_stats(work_dir: str | os.PathLike, channels: int) -> dict[str, list[float]]:
+    """Per-channel ``mean``/``std`` (in units of ``max_pixel_value``) written by ``segkit-prepare``."""
+    path = Path(work_dir) / IMAGE_STATS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"normalize mean/std: dataset reads {path}, which does not exist yet: create it with "
+            "`segkit-prepare dataset=<name> data.root=<your data>`, or give fixed values (data.normalize.mean=[...])"
+        )
+    stats = json.loads(path.read_text())
+    if len(stats["mean"]) != channels:
+        raise ValueError(f"{path}: statistics for {len(stats['mean'])} channels, the images have {channels}")
+    return stats
 
 
 def read_class_weights(path: str | os.PathLike | None, n_labels: int) -> list[float]:

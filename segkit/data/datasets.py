@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import albumentations as A
@@ -13,7 +14,57 @@ from torch.utils.data import Dataset
 from segkit.data.io import image_size, read_image, read_mask
 from segkit.data.transforms import to_sample
 
-__all__ = ["ImageMaskDataset"]
+__all__ = ["ImageMaskDataset", "ImageSpec", "MaskValues"]
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What every image of a dataset must be: channel count and, optionally, dtype."""
+
+    channels: int
+    dtype: str | None = None  # "uint8", "uint16" or None for any
+
+    def check(self, image: np.ndarray, path: Path) -> None:
+        if image.shape[2] != self.channels:
+            raise ValueError(
+                f"{path}: image has {image.shape[2]} channel(s), the dataset expects {self.channels} (data.in_channels)"
+            )
+        if self.dtype is not None and image.dtype != np.dtype(self.dtype):
+            bits = {np.dtype("uint8"): "8-bit", np.dtype("uint16"): "16-bit"}
+            found = bits.get(image.dtype, str(image.dtype))
+            raise ValueError(f"{path}: image is {found} ({image.dtype}), the dataset expects {bits.get(np.dtype(self.dtype), self.dtype)} ({self.dtype})")
+
+
+@dataclass(frozen=True)
+class MaskValues:
+    """Checks (and maps) mask values: labels ``0..n_labels-1`` plus ``ignore_index``.
+
+    ``scale_255``: binary masks stored as {0, 255} become {0, 1}; {0, 1} is accepted too.
+    """
+
+    n_labels: int
+    ignore_index: int | None = None
+    scale_255: bool = False
+
+    def __call__(self, mask: np.ndarray, path: Path | str) -> np.ndarray:
+        if self.scale_255:
+            values = np.unique(mask)
+            if not set(values.tolist()) <= {0, 1, 255} or (1 in values and 255 in values):
+                raise ValueError(
+                    f"{path}: a binary mask must hold {{0, 255}} or {{0, 1}}, found values {values.tolist()[:10]}"
+                )
+            return (mask > 0).astype(np.uint8)
+        if mask.size == 0 or (int(mask.min()) >= 0 and int(mask.max()) < self.n_labels):
+            return mask  # the usual case, two reductions
+        invalid = (mask < 0) | (mask >= self.n_labels)
+        if self.ignore_index is not None:
+            invalid &= mask != self.ignore_index
+        if invalid.any():
+            raise ValueError(
+                f"{path}: mask values {np.unique(mask[invalid]).tolist()[:10]} are outside the classes "
+                f"0..{self.n_labels - 1}" + (f" (ignore_index {self.ignore_index})" if self.ignore_index is not None else "")
+            )
+        return mask
 
 
 class ImageMaskDataset(Dataset):
@@ -28,7 +79,8 @@ class ImageMaskDataset(Dataset):
         image_paths: Sequence[Path],
         mask_paths: Sequence[Path | None],
         transform: A.Compose,
-        in_channels: int,
+        image_spec: ImageSpec,
+        mask_values: MaskValues,
     ) -> None:
         if not len(names) == len(image_paths) == len(mask_paths):
             raise ValueError("names, image_paths and mask_paths must have the same length")
@@ -36,37 +88,36 @@ class ImageMaskDataset(Dataset):
         self.image_paths = list(image_paths)
         self.mask_paths = list(mask_paths)
         self.transform = transform
-        self.in_channels = in_channels
+        self.image_spec = image_spec
+        self.mask_values = mask_values
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The raw ``(H, W, C)`` image and ``(H, W)`` mask of one item, before transforms."""
-        image_path, mask_path = self.image_paths[index], self.mask_paths[index]
-        image = read_image(image_path)
-        if image.shape[2] != self.in_channels:
-            raise ValueError(
-                f"{image_path}: image has {image.shape[2]} channels, the dataset expects "
-                f"{self.in_channels} (data.in_channels)"
-            )
-        if mask_path is None:
-            mask = np.zeros(image.shape[:2], dtype=np.uint8)
-        else:
-            mask = read_mask(mask_path)
-            if mask.shape != image.shape[:2]:
-                raise ValueError(
-                    f"{mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} but its image "
-                    f"{image_path} is {image.shape[0]}x{image.shape[1]}"
-                )
-        return image, mask
+    def load_image(self, index: int) -> np.ndarray:
+        path = self.image_paths[index]
+        image = read_image(path)
+        self.image_spec.check(image, path)
+        return image
 
-    def load_mask(self, index: int) -> np.ndarray:
-        """The raw ``(H, W)`` mask of one item without decoding its image (for statistics)."""
+    def load_mask(self, index: int, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """The ``(H, W)`` mask of one item, values checked and mapped; ``shape`` of a missing
+        mask is read from the image header when not given."""
         mask_path = self.mask_paths[index]
         if mask_path is None:
-            return np.zeros(image_size(self.image_paths[index]), dtype=np.uint8)
-        return read_mask(mask_path)
+            return np.zeros(shape or image_size(self.image_paths[index]), dtype=np.uint8)
+        return self.mask_values(read_mask(mask_path), mask_path)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The raw ``(H, W, C)`` image and ``(H, W)`` mask of one item, before transforms."""
+        image = self.load_image(index)
+        mask = self.load_mask(index, image.shape[:2])
+        if mask.shape != image.shape[:2]:
+            raise ValueError(
+                f"{self.mask_paths[index]}: mask is {mask.shape[0]}x{mask.shape[1]} but its image "
+                f"{self.image_paths[index]} is {image.shape[0]}x{image.shape[1]}"
+            )
+        return image, mask
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         image, mask = self.load(index)

@@ -35,3 +35,27 @@ def stratified_split(
         val.extend(members[i] for i in order[:n_val])
         train.extend(members[i] for i in order[n_val:])
     return sorted(train, key=lambda i: keys[i]), sorted(val, key=lambda i: keys[i])
+
+
+def group_split(
+    keys: Sequence[str], groups: Sequence[str], val_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """Split indices so that every group (a car, a source scene) lies wholly on one side.
+
+    ``round(val_fraction * n_groups)`` groups (at least one when there are two or more and
+    ``val_fraction > 0``) go to validation, drawn by ``seed`` from the sorted group names.
+
+    Returns:
+        ``(train_indices, val_indices)``, each sorted by key.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    names = sorted(set(groups))
+    n_val = int(round(val_fraction * len(names)))
+    if val_fraction > 0 and n_val == 0 and len(names) >= 2:
+        n_val = 1
+    order = np.random.default_rng(seed).permutation(len(names))
+    val_groups = {names[i] for i in order[:n_val]}
+    train = [i for i in range(len(keys)) if groups[i] not in val_groups]
+    val = [i for i in range(len(keys)) if groups[i] in val_groups]
+    return sorted(train, key=lambda i: keys[i]), sorted(val, key=lambda i: keys[i])

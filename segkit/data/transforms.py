@@ -63,19 +63,30 @@ def build_pipeline(
     image_size: Size,
     augment: Mapping[str, Mapping[str, Any] | None] | None,
     normalize: Mapping[str, Any] | None,
+    pad_multiple: int | None = None,
+    mask_fill: int = 0,
 ) -> A.Compose:
-    """Resize (if ``image_size``) → augmentations → normalisation, on image and mask.
+    """Resize (if ``image_size``) → pad to a multiple → augmentations → normalisation.
 
     Args:
         image_size: output ``(height, width)`` or a square side; ``None`` keeps the input size.
         augment: augmentation spec (see :func:`build_augmentations`); ``None`` for evaluation.
-        normalize: kwargs of ``albumentations.Normalize`` (mean, std, max_pixel_value);
-            ``None`` only converts to float32 in [0, 1] using the dtype's range.
+        normalize: kwargs of ``albumentations.Normalize`` (mean, std, max_pixel_value,
+            normalization); ``None`` only converts to float32 in [0, 1] using the dtype's range.
+        pad_multiple: pad bottom/right so height and width are multiples of this.
+        mask_fill: mask label of the padding (``ignore_index`` in training).
     """
     steps: list[A.BasicTransform] = []
     hw = _hw(image_size)
     if hw is not None:
         steps.append(A.Resize(*hw))
+    if pad_multiple:
+        steps.append(
+            A.PadIfNeeded(
+                min_height=None, min_width=None, pad_height_divisor=pad_multiple, pad_width_divisor=pad_multiple,
+                position="top_left", fill=0, fill_mask=mask_fill,
+            )
+        )
     steps.extend(build_augmentations(augment))
     if normalize is not None:
         steps.append(A.Normalize(**dict(normalize)))

@@ -1,0 +1,152 @@
+"""Building footprints from aerial images (Massachusetts-style 256x256 TIFF tiles).
+
+::
+
+    <root>/train/images/img_N.tif     256x256 RGB uint8 (LZW-compressed in some sources)
+    <root>/train/masks/mask_N.tif     256x256 uint8, {0, 255} (some sources store {0, 1})
+    <root>/test/test_image_N.tif      images to predict
+
+Images and masks pair by what follows the prefixes (``img_`` / ``mask_``; empty prefixes
+pair identical names). The validation split is a JSON list of image names
+(``split_file``); without one, ``segkit-prepare`` writes a deterministic one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from segkit.data.class_stats import write_json_atomic
+from segkit.data.datamodule import Item, Scan, SegmentationDataModule
+from segkit.data.datasets import MaskValues
+from segkit.data.splits import group_split
+
+__all__ = ["BuildingsDataModule"]
+
+SPLIT_FILE = "split.json"
+
+
+class BuildingsDataModule(SegmentationDataModule):
+    """Binary building masks; masks {0, 255} or {0, 1} both read as {0, 1}.
+
+    Args:
+        root: the dataset folder.
+        images_dir, masks_dir: folders below ``root``.
+        image_prefix, mask_prefix: file-name prefixes that are not part of the pairing key.
+        test_dir, test_prefix: where the images to predict are.
+        split_file: JSON list of validation image names (stems or file names); ``None`` =
+            the one ``segkit-prepare`` wrote, else a deterministic ``val_fraction`` split.
+        **kwargs: everything :class:`SegmentationDataModule` takes.
+    """
+
+    kind = "buildings"
+    image_dtype = "uint8"
+    default_class_names = ("background", "building")
+
+    def __init__(
+        self,
+        root: str | None = None,
+        images_dir: str = "train/images",
+        masks_dir: str = "train/masks",
+        image_prefix: str = "img_",
+        mask_prefix: str = "mask_",
+        test_dir: str = "test",
+        test_prefix: str = "test_image_",
+        split_file: str | None = None,
+        num_classes: int = 1,
+        in_channels: int = 3,
+        val_fraction: float = 0.2,
+        **kwargs: Any,
+    ) -> None:
+        if num_classes not in (1, 2):
+            raise ValueError(f"building masks are binary: num_classes must be 1 or 2, got {num_classes}")
+        super().__init__(root=root, num_classes=num_classes, in_channels=in_channels, val_fraction=val_fraction, **kwargs)
+        self.images_dir = images_dir
+        self.masks_dir = masks_dir
+        self.image_prefix = image_prefix
+        self.mask_prefix = mask_prefix
+        self.test_dir = test_dir
+        self.test_prefix = test_prefix
+        self.split_file = split_file
+
+    def layout_help(self) -> str:
+        return (
+            f"expected {self.images_dir}/{self.image_prefix}N.tif and {self.masks_dir}/{self.mask_prefix}N.tif "
+            f"(and {self.test_dir}/{self.test_prefix}N.tif to predict)"
+        )
+
+    def _keyed(self, folder: Path, prefix: str, problems: list[str]) -> dict[str, Path]:
+        keyed = {}
+        for path in sorted(folder.glob("*.tif")):
+            if not path.stem.startswith(prefix):
+                problems.append(f"{path}: file name does not start with {prefix!r}")
+                continue
+            keyed[path.stem[len(prefix):]] = path
+        return keyed
+
+    def scan(self) -> Scan:
+        image_dir, mask_dir = self.root / self.images_dir, self.root / self.masks_dir
+        missing = [str(p) for p in (image_dir, mask_dir) if not p.is_dir()]
+        if missing:
+            raise FileNotFoundError(f"buildings data at {self.root} is incomplete: missing {', '.join(missing)} ({self.layout_help()})")
+        problems: list[str] = []
+        images = self._keyed(image_dir, self.image_prefix, problems)
+        masks = self._keyed(mask_dir, self.mask_prefix, problems)
+        items = [Item(images[k].stem, images[k], masks[k], group=images[k].stem) for k in images if k in masks]
+        problems += [f"{images[k]}: image has no mask {mask_dir / (self.mask_prefix + k + '.tif')}" for k in images if k not in masks]
+        problems += [f"{masks[k]}: mask has no image {image_dir / (self.image_prefix + k + '.tif')}" for k in masks if k not in images]
+        return Scan(items, problems)
+
+    def mask_values(self) -> MaskValues:
+        return MaskValues(n_labels=2, ignore_index=self.ignore_index, scale_255=True)
+
+    @property
+    def test_images(self) -> list[Path]:
+        """The images of ``test_dir`` (for prediction)."""
+        return sorted((self.root / self.test_dir).glob(f"{self.test_prefix}*.tif"))
+
+    # ------------------------------------------------------------------ split
+    @property
+    def prepared_split(self) -> Path:
+        return self.work_dir / SPLIT_FILE
+
+    def _default_val_names(self, items: list[Item]) -> list[str]:
+        _, val = group_split([i.name for i in items], [i.group for i in items], self.val_fraction, self.seed)
+        return [items[i].name for i in val]
+
+    def split(self, items: list[Item]) -> tuple[list[int], list[int]]:
+        source = Path(self.split_file) if self.split_file else self.prepared_split
+        if source.is_file():
+            val_names = _read_name_list(source)
+            by_name = {i.name: n for n, i in enumerate(items)} | {i.image.name: n for n, i in enumerate(items)}
+            unknown = [n for n in val_names if n not in by_name]
+            if unknown:
+                raise ValueError(f"{source}: {len(unknown)} name(s) match no training image, e.g. {unknown[:3]}")
+            val = sorted({by_name[n] for n in val_names})
+        elif self.split_file:
+            raise FileNotFoundError(f"data.split_file {source} does not exist (a JSON list of validation image names)")
+        else:
+            val_set = set(self._default_val_names(items))
+            val = [n for n, i in enumerate(items) if i.name in val_set]
+        chosen = set(val)
+        return [n for n in range(len(items)) if n not in chosen], val
+
+    def prepare_dataset(self) -> list[str]:
+        if self.split_file:
+            return [f"validation split from {self.split_file}"]
+        if self.prepared_split.is_file():
+            return [f"validation split {self.prepared_split} exists"]
+        names = self._default_val_names(self.items())
+        write_json_atomic(self.prepared_split, names)
+        return [f"wrote a deterministic validation split of {len(names)} images to {self.prepared_split}"]
+
+
+def _read_name_list(path: Path) -> list[str]:
+    try:
+        names = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); expected a list of image names") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{path}: expected a JSON list of image names (strings)")
+    return names

@@ -1,0 +1,278 @@
+"""DOTA v1.0 aerial scenes: oriented-box labels rasterised into a semantic mask, cut into patches.
+
+::
+
+    <root>/images/P0000.png       RGB (a few are grayscale), up to ~4000x4000
+    <root>/labelTxt/P0000.txt     optional 'imagesource:...' / 'gsd:...' header lines, then one
+                                  'x1 y1 x2 y2 x3 y3 x4 y4 category difficult' line per object
+
+The 15 categories become classes 1..15 (0 = background); smaller objects are drawn over
+larger ones. Preparation (``segkit-prepare dataset=dota``, or the first training run)
+streams one scene at a time into overlapping ``patch_size`` patches (overlap 200 px, the
+last patch flush with the border; scenes smaller than a patch are padded and the padding
+labelled ``ignore_index``), writes them as PNG with an ``index.csv``, and training reads
+the patches. Patches of one scene never straddle the train/validation split.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segkit.data.class_stats import write_json_atomic
+from segkit.data.datamodule import Item, Scan, SegmentationDataModule
+from segkit.data.io import image_size, read_image, write_png_atomic
+from segkit.data.rasterize import polygon_area, rasterize_polygons
+from segkit.data.tiling import iter_patches
+
+__all__ = ["DOTA_CLASSES", "DotaDataModule", "DotaObject", "parse_dota_labels", "rasterize_dota"]
+
+DOTA_CLASSES = (
+    "background", "plane", "ship", "storage-tank", "baseball-diamond", "tennis-court", "basketball-court",
+    "ground-track-field", "harbor", "bridge", "large-vehicle", "small-vehicle", "helicopter", "roundabout",
+    "soccer-ball-field", "swimming-pool",
+)
+CLASS_INDEX = {name: i for i, name in enumerate(DOTA_CLASSES) if i > 0}
+HEADERS = ("imagesource:", "gsd:")
+IMAGE_SUFFIXES = (".png", ".jpg", ".tif")
+
+
+@dataclass(frozen=True)
+class DotaObject:
+    polygon: np.ndarray  # (4, 2) float (x, y)
+    category: str
+    difficult: bool
+    line: int
+
+
+def parse_dota_labels(path: str | os.PathLike) -> tuple[list[DotaObject], list[str]]:
+    """Objects of a ``labelTxt`` file and every problem found (``file:line: what``)."""
+    path = Path(path)
+    objects: list[DotaObject] = []
+    problems: list[str] = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        return [], [f"{path}: cannot read label file ({err})"]
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith(HEADERS):
+            continue
+        tokens = line.split()
+        where = f"{path}:{number}"
+        if len(tokens) not in (9, 10):
+            problems.append(
+                f"{where}: expected 'x1 y1 x2 y2 x3 y3 x4 y4 category difficult', got {len(tokens)} fields: {line[:80]!r}"
+            )
+            continue
+        try:
+            coords = np.array([float(t) for t in tokens[:8]], dtype=np.float64).reshape(4, 2)
+        except ValueError:
+            problems.append(f"{where}: coordinates are not numbers: {' '.join(tokens[:8])!r}")
+            continue
+        category = tokens[8]
+        if category not in CLASS_INDEX:
+            problems.append(f"{where}: unknown category {category!r} (DOTA v1.0: {', '.join(CLASS_INDEX)})")
+            continue
+        difficult = tokens[9] if len(tokens) == 10 else "0"
+        if difficult not in ("0", "1"):
+            problems.append(f"{where}: difficult must be 0 or 1, got {difficult!r}")
+            continue
+        objects.append(DotaObject(coords, category, difficult == "1", number))
+    return objects, problems
+
+
+def rasterize_dota(
+    objects: list[DotaObject], shape: tuple[int, int], source: str | os.PathLike, skip_difficult: bool = False
+) -> np.ndarray:
+    """A ``uint8`` class mask of ``shape`` (0 = background, 1..15 = categories).
+
+    Polygons reaching outside the image are clipped (with a warning naming file and line);
+    degenerate ones (no area) are skipped with a warning.
+    """
+    height, width = shape
+    polygons, labels = [], []
+    for obj in objects:
+        if skip_difficult and obj.difficult:
+            continue
+        if polygon_area(obj.polygon) <= 0:
+            warnings.warn(f"{source}:{obj.line}: degenerate polygon (no area), skipped", stacklevel=2)
+            continue
+        xs, ys = obj.polygon[:, 0], obj.polygon[:, 1]
+        if xs.min() < 0 or ys.min() < 0 or xs.max() > width or ys.max() > height:
+            warnings.warn(f"{source}:{obj.line}: polygon reaches outside the {width}x{height} image; clipped", stacklevel=2)
+        polygons.append(obj.polygon)
+        labels.append(CLASS_INDEX[obj.category])
+    return rasterize_polygons(polygons, labels, shape)
+
+
+class DotaDataModule(SegmentationDataModule):
+    """DOTA v1.0 semantic segmentation on prepared patches, 16 classes.
+
+    Args:
+        root: folder holding ``images_dir`` and ``labels_dir``.
+        patch_size: side of the square patches (1024).
+        overlap: pixels shared by neighbouring patches (200).
+        skip_difficult: leave objects marked difficult out of the masks.
+        ignore_index: label of the padding of patches that stick out of small scenes (255).
+        **kwargs: everything :class:`SegmentationDataModule` takes.
+    """
+
+    kind = "dota"
+    image_dtype = "uint8"
+    default_class_names = DOTA_CLASSES
+
+    def __init__(
+        self,
+        root: str | None = None,
+        images_dir: str = "images",
+        labels_dir: str = "labelTxt",
+        patch_size: int = 1024,
+        overlap: int = 200,
+        skip_difficult: bool = False,
+        num_classes: int = 16,
+        in_channels: int = 3,
+        ignore_index: int | None = 255,
+        val_fraction: float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        if num_classes != len(DOTA_CLASSES):
+            raise ValueError(f"DOTA v1.0 has {len(DOTA_CLASSES)} classes (background + 15), got num_classes={num_classes}")
+        if ignore_index is not None and ignore_index < num_classes:
+            raise ValueError(f"ignore_index {ignore_index} collides with a class (0..{num_classes - 1})")
+        super().__init__(root=root, num_classes=num_classes, in_channels=in_channels, ignore_index=ignore_index,
+                         val_fraction=val_fraction, **kwargs)
+        self.images_dir = images_dir
+        self.labels_dir = labels_dir
+        self.patch_size = patch_size
+        self.overlap = overlap
+        self.skip_difficult = skip_difficult
+
+    def layout_help(self) -> str:
+        return f"expected {self.images_dir}/<name>.png and {self.labels_dir}/<name>.txt"
+
+    @property
+    def patch_dir(self) -> Path:
+        return self.work_dir / f"patches-{self.patch_size}-{self.overlap}{'-nodifficult' if self.skip_difficult else ''}"
+
+    # ----------------------------------------------------------------- sources
+    def sources(self) -> tuple[list[tuple[str, Path, Path]], list[str]]:
+        """``(name, image, label)`` of every scene, and every unpaired file."""
+        image_dir, label_dir = self.root / self.images_dir, self.root / self.labels_dir
+        missing = [str(p) for p in (image_dir, label_dir) if not p.is_dir()]
+        if missing:
+            raise FileNotFoundError(f"DOTA data at {self.root} is incomplete: missing {', '.join(missing)} ({self.layout_help()})")
+        images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+        labels = {p.stem: p for p in sorted(label_dir.glob("*.txt"))}
+        pairs = [(n, images[n], labels[n]) for n in images if n in labels]
+        problems = [f"{images[n]}: image has no label file {label_dir / (n + '.txt')}" for n in images if n not in labels]
+        problems += [f"{labels[n]}: label file has no image in {image_dir}" for n in labels if n not in images]
+        return pairs, problems
+
+    def _source_fingerprint(self, pairs: list[tuple[str, Path, Path]]) -> str:
+        sha = hashlib.sha1(f"{self.patch_size}|{self.overlap}|{self.skip_difficult}|{self.ignore_index}".encode())
+        for _, image, label in pairs:
+            for path in (image, label):
+                stat = os.stat(path)
+                sha.update(f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        return sha.hexdigest()
+
+    # ------------------------------------------------------------- preparation
+    def prepare_dataset(self) -> list[str]:
+        """Cut every scene into patches, streaming one scene at a time; idempotent."""
+        self.require_root()
+        pairs, problems = self.sources()
+        if problems:
+            raise ValueError(f"{len(problems)} problem(s) in DOTA data at {self.root}:\n  " + "\n  ".join(problems[:20]))
+        fingerprint = self._source_fingerprint(pairs)
+        manifest_path = self.patch_dir / "manifest.json"
+        if manifest_path.is_file():
+            manifest = json.loads(manifest_path.read_text())
+            if manifest.get("fingerprint") == fingerprint and manifest.get("complete"):
+                return [f"patches up to date: {manifest['patches']} patches of {manifest['scenes']} scenes in {self.patch_dir}"]
+        shutil.rmtree(self.patch_dir, ignore_errors=True)
+        (self.patch_dir / "images").mkdir(parents=True)
+        (self.patch_dir / "masks").mkdir()
+        write_json_atomic(manifest_path, {"fingerprint": fingerprint, "complete": False})
+        from tqdm.auto import tqdm
+
+        count = 0
+        index_tmp = self.patch_dir / ".index.csv.tmp"
+        with index_tmp.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["patch", "source", "y", "x"])
+            for name, image_path, label_path in tqdm(pairs, desc="cutting DOTA scenes", unit="scene"):
+                for patch_name, y, x in self._cut_scene(name, image_path, label_path):
+                    writer.writerow([patch_name, name, y, x])
+                    count += 1
+        os.replace(index_tmp, self.patch_dir / "index.csv")
+        write_json_atomic(manifest_path, {"fingerprint": fingerprint, "complete": True, "patches": count, "scenes": len(pairs),
+                                          "patch_size": self.patch_size, "overlap": self.overlap})
+        return [f"cut {len(pairs)} scenes into {count} patches of {self.patch_size} px in {self.patch_dir}"]
+
+    def load_scene(self, image_path: Path, label_path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """A scene's RGB image and its rasterised class mask."""
+        objects, problems = parse_dota_labels(label_path)
+        if problems:
+            raise ValueError(f"{len(problems)} problem(s) in {label_path}:\n  " + "\n  ".join(problems))
+        image = read_image(image_path)
+        if image.dtype != np.uint8:
+            raise ValueError(f"{image_path}: DOTA images are 8-bit, got {image.dtype}")
+        if image.shape[2] == 1:  # a few DOTA scenes are grayscale
+            image = np.repeat(image, 3, axis=2)
+        elif image.shape[2] == 4:
+            image = image[:, :, :3]
+        mask = rasterize_dota(objects, image.shape[:2], label_path, self.skip_difficult)
+        return image, mask
+
+    def _cut_scene(self, name: str, image_path: Path, label_path: Path):
+        image, mask = self.load_scene(image_path, label_path)
+        for y, x, image_patch, mask_patch in iter_patches(
+            image, mask, self.patch_size, self.overlap, pad_value=0, pad_label=self.ignore_index if self.ignore_index is not None else 0
+        ):
+            patch_name = f"{name}__{y}_{x}"
+            write_png_atomic(self.patch_dir / "images" / f"{patch_name}.png", np.ascontiguousarray(image_patch[:, :, ::-1]))
+            write_png_atomic(self.patch_dir / "masks" / f"{patch_name}.png", mask_patch)
+            yield patch_name, y, x
+
+    # ------------------------------------------------------------------ items
+    def scan(self) -> Scan:
+        index = self.patch_dir / "index.csv"
+        if not index.is_file():
+            raise FileNotFoundError(
+                f"{index} does not exist: the DOTA scenes have not been cut into patches yet; run "
+                "`segkit-prepare dataset=dota data.root=...` (training does it too, in prepare_data)"
+            )
+        items = []
+        with index.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                patch = row["patch"]
+                items.append(Item(patch, self.patch_dir / "images" / f"{patch}.png", self.patch_dir / "masks" / f"{patch}.png",
+                                  group=row["source"]))
+        return Scan(items)
+
+    def check(self) -> list[str]:
+        """Pairing, every label line, every image header and its polygons — without cutting patches."""
+        try:
+            self.require_root()
+            pairs, problems = self.sources()
+        except (ValueError, FileNotFoundError) as err:
+            return [str(err)]
+        from tqdm.auto import tqdm
+
+        for _, image_path, label_path in tqdm(pairs, desc="checking dota", unit="scene"):
+            problems += parse_dota_labels(label_path)[1]
+            try:
+                image_size(image_path)
+            except (ValueError, FileNotFoundError) as err:
+                problems.append(str(err))
+        return problems

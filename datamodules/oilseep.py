@@ -1,0 +1,103 @@
+"""SAR oil-seep segmentation: 16-bit single-channel TIFF images, 8-bit class masks.
+
+::
+
+    <root>/<images_dir>/<name>.tif   256x256 uint16 (I;16)
+    <root>/<masks_dir>/<name>.tif    256x256 uint8, 0 = background, 1..7 = seep classes
+
+As distributed the folders are ``train_images_256`` and ``train_masks_256``; images and
+masks pair by file name. Masks are very sparse (~2% of pixels are seeps).
+Normalisation: a fixed range (``normalize.max_pixel_value: 65535``), per-image min-max
+(``normalize.normalization: min_max``), or the training split's mean/std computed by
+``segkit-prepare`` (``normalize.mean: dataset``, ``normalize.std: dataset``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segkit.data.class_stats import IMAGE_STATS_FILE, write_json_atomic
+from segkit.data.datamodule import Item, Scan, SegmentationDataModule
+from segkit.data.io import read_image
+
+__all__ = ["OilSeepDataModule", "pair_by_name"]
+
+
+def pair_by_name(image_dir: Path, mask_dir: Path, pattern: str) -> tuple[list[tuple[str, Path, Path]], list[str]]:
+    """Pair ``image_dir/<name>`` with ``mask_dir/<name>``; report every unpaired file."""
+    images = {p.name: p for p in sorted(image_dir.glob(pattern))}
+    masks = {p.name: p for p in sorted(mask_dir.glob(pattern))}
+    pairs = [(name, images[name], masks[name]) for name in images if name in masks]
+    problems = [f"{images[n]}: image has no mask {mask_dir / n}" for n in images if n not in masks]
+    problems += [f"{masks[n]}: mask has no image {image_dir / n}" for n in masks if n not in images]
+    return pairs, problems
+
+
+class OilSeepDataModule(SegmentationDataModule):
+    """SAR oil seeps, 8 classes (background + 7 seep classes) from 16-bit images.
+
+    Args:
+        root: folder holding ``images_dir`` and ``masks_dir``.
+        images_dir, masks_dir: folders below ``root`` (as distributed: train_images_256 /
+            train_masks_256).
+        **kwargs: everything :class:`SegmentationDataModule` takes.
+    """
+
+    kind = "oilseep"
+    image_dtype = "uint16"
+    default_class_names = ("background", "seep1", "seep2", "seep3", "seep4", "seep5", "seep6", "seep7")
+
+    def __init__(
+        self,
+        root: str | None = None,
+        images_dir: str = "train_images_256",
+        masks_dir: str = "train_masks_256",
+        num_classes: int = 8,
+        in_channels: int = 1,
+        val_fraction: float = 0.2,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root=root, num_classes=num_classes, in_channels=in_channels, val_fraction=val_fraction, **kwargs)
+        self.images_dir = images_dir
+        self.masks_dir = masks_dir
+
+    def layout_help(self) -> str:
+        return f"expected {self.images_dir}/<name>.tif (uint16) and {self.masks_dir}/<name>.tif (uint8, 0..7)"
+
+    def scan(self) -> Scan:
+        image_dir, mask_dir = self.root / self.images_dir, self.root / self.masks_dir
+        missing = [str(p) for p in (image_dir, mask_dir) if not p.is_dir()]
+        if missing:
+            raise FileNotFoundError(f"oil-seep data at {self.root} is incomplete: missing {', '.join(missing)} ({self.layout_help()})")
+        pairs, problems = pair_by_name(image_dir, mask_dir, "*.tif")
+        return Scan([Item(name, image, mask, group=name) for name, image, mask in pairs], problems)
+
+    def prepare_dataset(self) -> list[str]:
+        """Mean and std of the training images (in units of 65535), for ``normalize.mean: dataset``."""
+        path = self.work_dir / IMAGE_STATS_FILE
+        fingerprint = self.fingerprint()
+        if path.is_file():
+            import json
+
+            if json.loads(path.read_text()).get("fingerprint") == fingerprint:
+                return [f"image statistics {path} are up to date"]
+        items = self.items()
+        train_idx, _ = self.split(items)
+        total = np.zeros(self.in_channels)
+        total_sq = np.zeros(self.in_channels)
+        count = 0
+        for i in train_idx:
+            image = read_image(items[i].image).astype(np.float64) / 65535.0
+            flat = image.reshape(-1, image.shape[2])
+            total += flat.sum(axis=0)
+            total_sq += (flat**2).sum(axis=0)
+            count += flat.shape[0]
+        mean = total / count
+        std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+        std = np.where(std > 1e-6, std, 1.0)  # constant images: no division by zero
+        write_json_atomic(path, {"mean": mean.tolist(), "std": std.tolist(), "max_pixel_value": 65535.0,
+                                 "images": len(train_idx), "fingerprint": fingerprint})
+        return [f"image statistics of {len(train_idx)} training images written to {path}"]

@@ -1,0 +1,279 @@
+"""The LightningDataModule plumbing every dataset shares.
+
+A dataset's module subclasses :class:`SegmentationDataModule` and says only what is
+specific to its format: where the files are (:meth:`scan`), how to split them
+(:meth:`split`), what its masks hold (:meth:`mask_values`) and its one-off preparation
+(:meth:`prepare_dataset`). The base class builds the datasets, pipelines and loaders,
+finds every problem of the files for ``segkit-prepare check=true``, and keeps derived
+files (caches, patches, statistics) in a work folder outside the user's data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from segkit.data.cache import default_cache_dir
+from segkit.data.class_stats import CLASS_STATS_FILE
+from segkit.data.datasets import ImageMaskDataset, ImageSpec, MaskValues
+from segkit.data.splits import group_split
+from segkit.data.transforms import build_pipeline
+
+__all__ = ["Item", "Scan", "SegmentationDataModule"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image of a dataset: its name, files and split group (car id, source scene...)."""
+
+    name: str
+    image: Path
+    mask: Path | None
+    group: str
+
+
+@dataclass
+class Scan:
+    """What a dataset's files hold, and every problem found while listing them."""
+
+    items: list[Item]
+    problems: list[str] = field(default_factory=list)
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Base of the dataset modules.
+
+    Args:
+        root: the dataset's folder, as distributed.
+        num_classes: 1 = binary (sigmoid), more = softmax classes; masks hold ``0..K-1``.
+        in_channels: image channels.
+        image_size: side or ``[height, width]`` images and masks are resized to; ``None`` keeps them.
+        pad_multiple: pad images (after resizing) so both sides are multiples of this
+            (the model's size multiple); the padding is labelled ``ignore_index`` (or 0).
+        batch_size, num_workers, pin_memory: DataLoader settings (``pin_memory=None``: only with CUDA).
+        val_fraction: share of split groups held out for validation.
+        seed: seed of the split and of random draws.
+        cache_dir: work folder for derived files; ``None`` = ``~/.cache/segkit/<kind>-<hash of root>``.
+        augment: albumentations spec for training (``segkit.data.transforms``).
+        normalize: ``albumentations.Normalize`` kwargs; ``mean``/``std`` may be ``"dataset"``
+            to use the statistics ``segkit-prepare`` computed.
+        ignore_index: mask value that counts nowhere (padding).
+    """
+
+    kind = "dataset"
+    image_dtype: str | None = None
+    default_class_names: Sequence[str] | None = None
+
+    def __init__(
+        self,
+        root: str | None = None,
+        num_classes: int = 1,
+        in_channels: int = 3,
+        image_size: int | list[int] | None = None,
+        pad_multiple: int | None = None,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        pin_memory: bool | None = None,
+        val_fraction: float = 0.2,
+        seed: int = 42,
+        cache_dir: str | None = None,
+        augment: Mapping[str, Any] | None = None,
+        normalize: Mapping[str, Any] | None = None,
+        ignore_index: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.root = Path(root) if root is not None else None
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.image_size = image_size
+        self.pad_multiple = pad_multiple
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.cache_dir = cache_dir
+        self.augment = augment
+        self.normalize = normalize
+        self.ignore_index = ignore_index
+        self._scan: Scan | None = None
+        self.train_dataset: ImageMaskDataset | None = None
+        self.val_dataset: ImageMaskDataset | None = None
+        self._train_sampler: Sampler | None = None
+
+    # ------------------------------------------------------------- per dataset
+    def layout_help(self) -> str:
+        """The expected folder layout, for error messages."""
+        raise NotImplementedError
+
+    def scan(self) -> Scan:
+        """List the dataset's items; report (do not raise) every pairing problem."""
+        raise NotImplementedError
+
+    def split(self, items: list[Item]) -> tuple[list[int], list[int]]:
+        """Train and validation indices; by default whole groups, ``val_fraction`` of them."""
+        return group_split([i.name for i in items], [i.group for i in items], self.val_fraction, self.seed)
+
+    def mask_values(self) -> MaskValues:
+        return MaskValues(n_labels=max(self.num_classes, 2), ignore_index=self.ignore_index)
+
+    def prepare_dataset(self) -> list[str]:
+        """One-off preparation (caches, patches...); idempotent; returns what it did."""
+        return []
+
+    def train_sampler(self, items: list[Item]) -> Sampler | None:
+        """A sampler over the training items, or ``None`` to shuffle them all."""
+        return None
+
+    # --------------------------------------------------------------- locations
+    @property
+    def class_names(self) -> list[str]:
+        if self.default_class_names is not None and len(self.default_class_names) == max(self.num_classes, 2):
+            return list(self.default_class_names)
+        return ["background", "foreground"] if self.num_classes == 1 else [f"class{i}" for i in range(self.num_classes)]
+
+    @property
+    def work_dir(self) -> Path:
+        """Where derived files go: ``cache_dir`` or a per-root folder of the segkit cache."""
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        self.require_root()
+        return default_cache_dir(self.kind, str(self.root.resolve()))
+
+    @property
+    def class_stats_path(self) -> Path:
+        """The ``class_stats.json`` that ``segkit-prepare`` writes for this dataset."""
+        return self.work_dir / CLASS_STATS_FILE
+
+    def require_root(self) -> Path:
+        if self.root is None:
+            raise ValueError(f"data.root is not set: point it at the {self.kind} folder ({self.layout_help()})")
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.kind} data root {self.root} does not exist ({self.layout_help()})")
+        return self.root
+
+    def items(self) -> list[Item]:
+        """The scanned items; raises with every problem found, each on its own line."""
+        if self._scan is None:
+            self.require_root()
+            self._scan = self.scan()
+        if self._scan.problems:
+            shown = self._scan.problems[:20]
+            more = len(self._scan.problems) - len(shown)
+            raise ValueError(
+                f"{len(self._scan.problems)} problem(s) in {self.kind} data at {self.root}:\n  "
+                + "\n  ".join(shown)
+                + (f"\n  ... and {more} more (segkit-prepare check=true lists all)" if more > 0 else "")
+            )
+        if not self._scan.items:
+            raise ValueError(f"no {self.kind} images found at {self.root} ({self.layout_help()})")
+        return self._scan.items
+
+    def fingerprint(self) -> str:
+        """Changes when any file of the dataset changes (names, sizes, modification times)."""
+        sha = hashlib.sha1()
+        for item in self.items():
+            for path in (item.image, item.mask):
+                if path is not None:
+                    stat = os.stat(path)
+                    sha.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        return sha.hexdigest()
+
+    # ------------------------------------------------------------------ stages
+    def prepare_data(self) -> None:
+        for message in self.prepare_dataset():
+            log.info("%s: %s", self.kind, message)
+
+    def resolved_normalize(self) -> Mapping[str, Any] | None:
+        """``normalize`` with ``"dataset"`` mean/std replaced by the prepared statistics."""
+        if self.normalize is None or "dataset" not in (self.normalize.get("mean"), self.normalize.get("std")):
+            return self.normalize
+        from segkit.data.class_stats import read_image_stats
+
+        stats = read_image_stats(self.work_dir, self.in_channels)
+        out = dict(self.normalize)
+        for key in ("mean", "std"):
+            if out.get(key) == "dataset":
+                out[key] = stats[key]
+        return out
+
+    def make_dataset(self, items: Sequence[Item], augment: Mapping[str, Any] | None) -> ImageMaskDataset:
+        fill = self.ignore_index if self.ignore_index is not None else 0
+        return ImageMaskDataset(
+            names=[i.name for i in items],
+            image_paths=[i.image for i in items],
+            mask_paths=[i.mask for i in items],
+            transform=build_pipeline(self.image_size, augment, self.resolved_normalize(), self.pad_multiple, fill),
+            image_spec=ImageSpec(self.in_channels, self.image_dtype),
+            mask_values=self.mask_values(),
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        items = self.items()
+        train_idx, val_idx = self.split(items)
+        if not train_idx:
+            raise ValueError(f"{self.kind} data at {self.root}: no training images left after the split")
+        train = [items[i] for i in train_idx]
+        self.train_dataset = self.make_dataset(train, self.augment)
+        self.val_dataset = self.make_dataset([items[i] for i in val_idx], None)
+        self._train_sampler = self.train_sampler(train)
+
+    def check(self) -> list[str]:
+        """Every problem of every file (pairing, decoding, size, dtype, mask values), none raised."""
+        try:
+            self.require_root()
+            scan = self._scan or self.scan()
+        except (ValueError, FileNotFoundError) as err:
+            return [str(err)]
+        problems = list(scan.problems)
+        dataset = ImageMaskDataset(
+            [i.name for i in scan.items], [i.image for i in scan.items], [i.mask for i in scan.items],
+            transform=None, image_spec=ImageSpec(self.in_channels, self.image_dtype), mask_values=self.mask_values(),
+        )
+        from tqdm.auto import tqdm
+
+        for index in tqdm(range(len(dataset)), desc=f"checking {self.kind}", unit="img"):
+            try:
+                dataset.load(index)
+            except (ValueError, FileNotFoundError) as err:
+                problems.append(str(err))
+        return problems
+
+    # ------------------------------------------------------------- dataloaders
+    def _loader(self, dataset: ImageMaskDataset, **kwargs: Any) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_dataset is not None, "call setup() first"
+        n = len(self._train_sampler) if self._train_sampler is not None else len(self.train_dataset)
+        # a last batch of one image breaks BatchNorm: drop it when there are more batches
+        drop_last = n > self.batch_size and n % self.batch_size == 1
+        if self._train_sampler is not None:
+            return self._loader(self.train_dataset, sampler=self._train_sampler, drop_last=drop_last)
+        return self._loader(self.train_dataset, shuffle=True, drop_last=drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_dataset is not None, "call setup() first"
+        return self._loader(self.val_dataset, shuffle=False)

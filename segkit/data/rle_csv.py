@@ -1,0 +1,91 @@
+"""Kaggle RLE CSV files (``<id column>,<rle column>``): reading, grouping, decoding per image."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from segkit.data.rle import rle_decode_many
+
+__all__ = ["RleTable", "read_rle_csv"]
+
+
+@dataclass(frozen=True)
+class RleTable:
+    """A CSV of RLE masks grouped per image.
+
+    Attributes:
+        path: the CSV.
+        ids: unique image ids in CSV order.
+        rows: id → ``(csv_line, rle)`` of its non-empty rows (line 1 is the header).
+        first_line: id → its first CSV line.
+    """
+
+    path: Path
+    ids: list[str]
+    rows: dict[str, list[tuple[int, str]]]
+    first_line: dict[str, int]
+
+    def has_mask(self, image_id: str) -> bool:
+        return image_id in self.rows
+
+    def decode(self, image_id: str, shape: tuple[int, int], order: str) -> np.ndarray:
+        """Union of the image's RLE rows as a ``uint8`` mask; errors name the CSV line."""
+        rows = self.rows.get(image_id, [])
+        try:
+            return rle_decode_many([rle for _, rle in rows], shape, order=order)
+        except ValueError:
+            for line, rle in rows:  # find the offending row for the message
+                try:
+                    rle_decode_many([rle], shape, order=order)
+                except ValueError as err:
+                    raise ValueError(
+                        f"{self.path}:{line}: {image_id!r}: bad RLE for a {shape[0]}x{shape[1]} image: {err}"
+                    ) from None
+            raise
+
+
+def read_rle_csv(path: str | os.PathLike, id_column: str, rle_column: str) -> RleTable:
+    """Read and group an RLE CSV; errors name the file (and line) and what was expected."""
+    path = Path(path)
+    columns = (id_column, rle_column)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: the file is empty; expected a header '{','.join(columns)}'") from None
+    except pd.errors.ParserError as err:
+        raise ValueError(f"{path}: not a valid CSV ({err})") from err
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"{path}: expected columns {','.join(columns)}, found {','.join(map(str, frame.columns))} "
+            f"(missing {', '.join(missing)})"
+        )
+    if frame.empty:
+        raise ValueError(f"{path}: the CSV has a header but no rows")
+    ids = frame[id_column].str.strip()
+    rles = frame[rle_column].str.strip()
+    lines = np.arange(len(frame)) + 2
+    bad = ~ids.map(_is_plain_file_name)
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(
+            f"{path}:{lines[i]}: {id_column} {ids.iloc[i]!r} is not a plain file name "
+            "(empty, or contains a path separator or '..')"
+        )
+    rows: dict[str, list[tuple[int, str]]] = {}
+    has_rle = (rles != "").to_numpy()
+    for image_id, line, rle in zip(ids[has_rle], lines[has_rle], rles[has_rle]):
+        rows.setdefault(image_id, []).append((int(line), rle))
+    first_line: dict[str, int] = {}
+    for image_id, line in zip(ids, lines):
+        first_line.setdefault(image_id, int(line))
+    return RleTable(path=path, ids=list(first_line), rows=rows, first_line=first_line)
+
+
+def _is_plain_file_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
