@@ -134,3 +134,53 @@ def test_every_loss_trains_the_demo_model(tmp_path):
         assert loss["name"] == name
         if name == "weighted_ce":  # the checkpoint records the numbers, not 'auto'
             assert isinstance(loss["weights"], list) and len(loss["weights"]) == 2 and loss["weights"][1] > loss["weights"][0]
+
+
+@pytest.mark.parametrize("dataset", ["carvana", "oilseep", "buildings", "dota"])
+def test_each_dataset_trains_from_the_cli_on_its_fixture(tmp_path, dataset):
+    from tests.fixtures.buildings import write_buildings
+    from tests.fixtures.carvana import write_carvana
+    from tests.fixtures.dota import write_dota
+    from tests.fixtures.oilseep import write_oilseep
+
+    root = tmp_path / dataset
+    writers = {"carvana": write_carvana, "oilseep": write_oilseep, "buildings": write_buildings, "dota": write_dota}
+    writers[dataset](root)
+    extra = {
+        "carvana": ["data.image_size=[64,64]"],
+        "oilseep": [],
+        "buildings": [],
+        "dota": ["data.patch_size=64", "data.overlap=16"],
+    }[dataset]
+    run_dir = tmp_path / "run"
+    result = segkit_train(
+        f"dataset={dataset}", f"data.root={root}", "data.num_workers=0", "data.batch_size=2",
+        "trainer.fast_dev_run=1", f"hydra.run.dir={run_dir}", *extra, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert math.isfinite(metrics["final"]["val/loss"])
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_prepare_check_lists_all_problems_and_prepare_is_idempotent(tmp_path):
+    import numpy as np
+    import tifffile
+
+    from tests.fixtures.oilseep import write_oilseep
+
+    root = tmp_path / "oil"
+    write_oilseep(root)
+    args = ["dataset=oilseep", f"data.root={root}", f"data.cache_dir={tmp_path / 'work'}", f"hydra.run.dir={tmp_path / 'p'}"]
+    first = segkit("segkit-prepare", *args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "image statistics of 8 training images written" in first.stdout and "class statistics of 8" in first.stdout
+    second = segkit("segkit-prepare", *args, cwd=tmp_path)
+    assert "image statistics" in second.stdout and "are up to date" in second.stdout and "nothing to do" in second.stdout
+    masks = sorted((root / "train_masks_256").glob("*.tif"))
+    tifffile.imwrite(masks[0], np.full((32, 32), 12, np.uint8))
+    masks[1].unlink()
+    checked = segkit("segkit-prepare", *args, "check=true", cwd=tmp_path)
+    assert checked.returncode == 1
+    assert "2 problem(s) found" in checked.stdout
+    assert f"{masks[0]}: mask values [12]" in checked.stdout and "image has no mask" in checked.stdout

@@ -74,7 +74,7 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
             raise FileNotFoundError(f"{path}: file not found")
         try:
             with Image.open(path) as im:
-                mask = np.asarray(im)
+                mask = np.array(im)  # a writable copy
         except OSError as err:
             raise ValueError(f"{path}: cannot decode mask ({err})") from err
     else:

@@ -1,0 +1,35 @@
+"""Shared assertions for the dataset tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def assert_samples(dataset, channels: int, shape: tuple[int, int], labels: set[int], n: int | None = None) -> None:
+    """Every sample: float32 C×H×W image, int64 H×W mask with labels in ``labels``."""
+    for i in range(len(dataset) if n is None else min(n, len(dataset))):
+        sample = dataset[i]
+        assert sample["image"].dtype == torch.float32 and tuple(sample["image"].shape) == (channels, *shape)
+        assert torch.isfinite(sample["image"]).all()
+        assert sample["mask"].dtype == torch.int64 and tuple(sample["mask"].shape) == shape
+        assert set(sample["mask"].unique().tolist()) <= labels
+
+
+def assert_augmentation_keeps_alignment(datamodule, tolerance: float = 0.02, rounds: int = 6) -> None:
+    """A mask drawn from the image itself (bright = foreground) stays equal to it after
+    the training augmentations (up to interpolation at edges)."""
+    from segkit.data.transforms import build_pipeline
+
+    pipeline = build_pipeline(datamodule.image_size, datamodule.augment, None, datamodule.pad_multiple)
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:30, 20:50] = 1
+    mask[40:60, 60:70] = 1
+    dtype = np.uint16 if datamodule.image_dtype == "uint16" else np.uint8
+    top = np.iinfo(dtype).max
+    image = np.repeat((mask.astype(dtype) * top)[:, :, None], datamodule.in_channels, axis=2)
+    for _ in range(rounds):  # each round draws other augmentations
+        out = pipeline(image=image, mask=mask)
+        drawn = out["image"][..., 0].astype(np.float64) > top / 2
+        assert np.mean(drawn != (out["mask"] > 0)) <= tolerance
+        assert out["mask"].any()

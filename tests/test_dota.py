@@ -1,0 +1,202 @@
+import csv
+import json
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+
+from datamodules.dota import DOTA_CLASSES, DotaDataModule, parse_dota_labels, rasterize_dota
+from segkit.data.io import read_mask
+from segkit.data.tiling import axis_starts, patch_grid
+from tests.conftest import realdata
+from tests.fixtures.dota import write_dota
+from tests.helpers import assert_augmentation_keeps_alignment, assert_samples
+
+
+def make_dm(root, tmp_path, **kwargs):
+    settings = dict(patch_size=64, overlap=16, batch_size=2, num_workers=0, cache_dir=str(tmp_path / "work"), normalize=None)
+    return DotaDataModule(root=str(root), **{**settings, **kwargs})
+
+
+# ------------------------------------------------------------------ the grid
+@pytest.mark.parametrize("size, patch, overlap", [(1000, 1024, 200), (4000, 1024, 200), (260, 64, 16), (64, 64, 16), (65, 64, 0)])
+def test_grid_covers_every_pixel_with_the_overlap_and_flush_edges(size, patch, overlap):
+    starts = axis_starts(size, patch, overlap)
+    assert starts[0] == 0
+    if size > patch:
+        assert starts[-1] == size - patch  # flush with the border
+        assert all(b - a == patch - overlap for a, b in zip(starts[:-2], starts[1:-1]))
+        assert starts[-1] - starts[-2] <= patch - overlap  # the last step overlaps at least as much
+    covered = np.zeros(size, int)
+    for s in starts:
+        covered[s : s + patch] += 1
+    assert (covered >= 1).all()
+    grid = patch_grid(size, size + 7, patch, overlap)
+    assert len(grid) == len(starts) * len(axis_starts(size + 7, patch, overlap))
+
+
+def test_grid_rejects_bad_overlap():
+    with pytest.raises(ValueError, match="overlap must be in"):
+        axis_starts(100, 64, 64)
+
+
+# --------------------------------------------------------------- labels
+def test_labels_parse_and_rasterise_with_small_objects_on_top(tmp_path):
+    label = tmp_path / "P1.txt"
+    label.write_text(
+        "imagesource:GoogleEarth\ngsd:0.3\n"
+        "0 0 40 0 40 40 0 40 harbor 0\n"
+        "10 10 20 10 20 20 10 20 small-vehicle 1\n"
+    )
+    objects, problems = parse_dota_labels(label)
+    assert problems == [] and [o.category for o in objects] == ["harbor", "small-vehicle"]
+    assert [o.line for o in objects] == [3, 4] and objects[1].difficult
+    mask = rasterize_dota(objects[::-1], (50, 50), label)  # drawing order follows area, not file order
+    assert mask[15, 15] == DOTA_CLASSES.index("small-vehicle")
+    assert mask[30, 30] == DOTA_CLASSES.index("harbor") and mask[45, 45] == 0
+    no_difficult = rasterize_dota(objects, (50, 50), label, skip_difficult=True)
+    assert no_difficult[15, 15] == DOTA_CLASSES.index("harbor")
+
+
+def test_label_problems_name_file_and_line(tmp_path):
+    label = tmp_path / "P2.txt"
+    label.write_text(
+        "imagesource:GF\ngsd:1\n"
+        "1 1 5 1 5 5 1 5 spaceship 0\n"
+        "1 1 5 1 5 5 plane 0\n"
+        "a b 5 1 5 5 1 5 plane 0\n"
+        "1 1 5 1 5 5 1 5 plane 2\n"
+    )
+    _, problems = parse_dota_labels(label)
+    assert len(problems) == 4
+    assert problems[0].startswith(f"{label}:3: unknown category 'spaceship'")
+    assert problems[1].startswith(f"{label}:4: expected 'x1 y1 x2 y2 x3 y3 x4 y4 category difficult', got 8 fields")
+    assert problems[2].startswith(f"{label}:5: coordinates are not numbers")
+    assert problems[3].startswith(f"{label}:6: difficult must be 0 or 1")
+
+
+def test_polygon_outside_the_image_is_clipped_with_a_warning(tmp_path):
+    label = tmp_path / "P3.txt"
+    label.write_text("-10 -10 30 -10 30 30 -10 30 plane 0\n")
+    objects, _ = parse_dota_labels(label)
+    with pytest.warns(UserWarning, match=r"P3.txt:1: polygon reaches outside the 20x20 image; clipped"):
+        mask = rasterize_dota(objects, (20, 20), label)
+    assert (mask == DOTA_CLASSES.index("plane")).all()
+
+
+# ------------------------------------------------------------- preparation
+def test_patches_reassemble_into_the_scene_masks(tmp_path):
+    scenes = write_dota(tmp_path / "d")
+    dm = make_dm(tmp_path / "d", tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the fixture polygons all lie inside their scenes
+        messages = dm.prepare_dataset()
+    assert "cut 3 scenes into" in messages[0]
+    assert "patches up to date" in dm.prepare_dataset()[0]  # idempotent
+    with (dm.patch_dir / "index.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    for name, (height, width) in zip(sorted(scenes), [(180, 260), (90, 70), (150, 150)]):
+        objects, _ = parse_dota_labels(tmp_path / "d" / "labelTxt" / f"{name}.txt")
+        expected = rasterize_dota(objects, (height, width), name)
+        canvas = np.full((max(height, 64), max(width, 64)), 254, np.uint8)
+        mine = [r for r in rows if r["source"] == name]
+        assert len(mine) == len(patch_grid(height, width, 64, 16))
+        for row in mine:
+            y, x = int(row["y"]), int(row["x"])
+            patch = read_mask(dm.patch_dir / "masks" / f"{row['patch']}.png")
+            assert patch.shape == (64, 64)
+            region = canvas[y : y + 64, x : x + 64]
+            overlap = region != 254
+            assert (region[overlap] == patch[: region.shape[0], : region.shape[1]][overlap]).all()
+            canvas[y : y + 64, x : x + 64] = patch[: region.shape[0], : region.shape[1]]
+        np.testing.assert_array_equal(canvas[:height, :width], expected)
+        if height < 64 or width < 64:  # padding of a small scene is ignore_index
+            assert (canvas[height:64] == 255).all() or height >= 64
+
+
+def test_datamodule_trains_on_patches_split_by_scene(tmp_path):
+    write_dota(tmp_path / "d")
+    dm = make_dm(tmp_path / "d", tmp_path, val_fraction=0.34)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert_samples(dm.train_dataset, 3, (64, 64), set(range(16)) | {255}, n=6)
+    train_scenes = {n.split("__")[0] for n in dm.train_dataset.names}
+    val_scenes = {n.split("__")[0] for n in dm.val_dataset.names}
+    assert not train_scenes & val_scenes and len(val_scenes) == 1
+
+
+def test_class_weights_match_independent_counts(tmp_path):
+    from hydra import compose, initialize_config_module
+
+    from segkit.prepare import run_prepare
+
+    write_dota(tmp_path / "d")
+    with initialize_config_module(config_module="segkit.conf", version_base="1.3"):
+        cfg = compose(config_name="prepare", overrides=[
+            "dataset=dota", f"data.root={tmp_path / 'd'}", f"data.cache_dir={tmp_path / 'work'}",
+            "data.patch_size=64", "data.overlap=16", "data.num_workers=0", "data.val_fraction=0.0"])
+    stats = run_prepare(cfg)
+    dm = make_dm(tmp_path / "d", tmp_path, val_fraction=0.0)
+    counts = np.zeros(16, np.int64)
+    for path in sorted((dm.patch_dir / "masks").glob("*.png")):
+        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        counts += np.bincount(mask[mask != 255].ravel(), minlength=16)
+    assert stats["pixel_counts"] == counts.tolist()
+    saved = json.loads((tmp_path / "work" / "class_stats.json").read_text())
+    present = counts > 0
+    inverse = np.where(present, counts.sum() / np.maximum(counts, 1), 0.0)
+    np.testing.assert_allclose(saved["weights"], inverse * present.sum() / inverse.sum(), rtol=1e-9)
+    assert (tmp_path / "work" / "class_distribution.png").stat().st_size > 1000
+    again = run_prepare(cfg)  # a second run does nothing
+    assert again["pixel_counts"] == stats["pixel_counts"]
+
+
+def test_augmentation_keeps_image_and_mask_aligned():
+    assert_augmentation_keeps_alignment(DotaDataModule(augment={
+        "r": {"type": "RandomRotate90", "p": 0.5}, "h": {"type": "HorizontalFlip", "p": 0.5},
+        "c": {"type": "ColorJitter", "brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.02, "p": 1.0}}),
+        tolerance=0.0)
+
+
+def test_check_lists_every_problem(tmp_path):
+    write_dota(tmp_path / "d")
+    (tmp_path / "d" / "labelTxt" / "P0001.txt").write_text("1 2 3 4 5 6 7 8 zeppelin 0\n1 2 3\n")
+    (tmp_path / "d" / "images" / "P0002.png").unlink()
+    problems = make_dm(tmp_path / "d", tmp_path).check()
+    text = "\n".join(problems)
+    assert len(problems) == 3, text
+    assert "P0001.txt:1: unknown category 'zeppelin'" in text and "P0001.txt:2: expected" in text
+    assert "P0002.txt: label file has no image" in text
+    with pytest.raises(ValueError, match="P0002.txt: label file has no image"):
+        make_dm(tmp_path / "d", tmp_path).prepare_dataset()
+
+
+def test_real_dota_labels(tmp_path):
+    folder = realdata("dota")
+    counts = {}
+    for label in sorted((folder / "labelTxt").glob("*.txt")):
+        objects, problems = parse_dota_labels(label)
+        assert problems == [], problems
+        counts[label.stem] = len(objects)
+    assert counts == {"P1234": 144, "P1888": 64, "P2709": 158}  # per SOURCES.md
+    objects, _ = parse_dota_labels(folder / "labelTxt" / "P1888.txt")
+    image = cv2.imread(str(folder / "images" / "P1888.png"))
+    mask = rasterize_dota(objects, image.shape[:2], "P1888")
+    assert set(np.unique(mask).tolist()) == {0, DOTA_CLASSES.index("large-vehicle"), DOTA_CLASSES.index("small-vehicle")}
+
+
+def test_real_dota_scene_is_cut_into_a_padded_patch(tmp_path):
+    folder = realdata("dota")
+    root = tmp_path / "real"
+    (root / "images").mkdir(parents=True)
+    (root / "labelTxt").mkdir()
+    (root / "images" / "P1888.png").write_bytes((folder / "images" / "P1888.png").read_bytes())
+    (root / "labelTxt" / "P1888.txt").write_bytes((folder / "labelTxt" / "P1888.txt").read_bytes())
+    dm = make_dm(root, tmp_path, patch_size=1024, overlap=200, val_fraction=0.0)
+    assert "cut 1 scenes into 1 patches" in dm.prepare_dataset()[0]
+    dm.setup("fit")
+    image, mask = dm.train_dataset.load(0)
+    assert image.shape == (1024, 1024, 3) and mask.shape == (1024, 1024)
+    assert (mask[557:] == 255).all() and (mask[:, 712:] == 255).all()  # the 712x557 scene, padded
+    assert set(np.unique(mask[:557, :712]).tolist()) == {0, 10, 11}
