@@ -52,8 +52,9 @@ def rows(n: int) -> list[str]:
         frame = pd.read_csv(REAL_CSV, keep_default_na=False)
         real = [r for r in frame.EncodedPixels if r]
     else:  # fall back to synthetic ship-like runs
-        from datamodules.synthetic import _ship_polygon  # noqa: PLC0415
         import cv2
+
+        from datamodules.synthetic import _ship_polygon  # noqa: PLC0415
 
         rng = np.random.default_rng(0)
         real = []

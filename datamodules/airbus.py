@@ -83,6 +83,7 @@ class AirbusDataModule(SegmentationDataModule):
         self.val_background_ratio = val_background_ratio
         self.index: RleTable | None = None
         self._cache: MaskCache | None = None
+        self._cache_written = 0
 
     @property
     def csv_path(self) -> Path:
@@ -100,11 +101,7 @@ class AirbusDataModule(SegmentationDataModule):
 
     # ---------------------------------------------------------------- listing
     def scan(self) -> Scan:
-        missing = [str(p) for p in (self.image_dir, self.csv_path) if not p.exists()]
-        if missing:
-            raise FileNotFoundError(
-                f"Airbus data at {self.root} is incomplete: missing {', '.join(missing)} ({self.layout_help()})"
-            )
+        self.require_paths(self.image_dir, self.csv_path)
         index = self._load_index()
         present = set(os.listdir(self.image_dir))
         masks = self.work_dir / "masks"
@@ -133,14 +130,16 @@ class AirbusDataModule(SegmentationDataModule):
             index = self._load_index()
             cache = MaskCache(self.work_dir / "masks", fingerprint=self.fingerprint())
             if not cache.is_complete():
-                cache.build(sorted(index.rows), self._decode_ship_mask)
+                self._cache_written = cache.build(sorted(index.rows), self._decode_ship_mask)
             self._cache = cache
         return self._cache
 
     def prepare_dataset(self) -> list[str]:
         """Build the per-image mask cache (rank 0 only under DDP)."""
         cache = self._mask_cache()
-        return [f"mask cache {cache.directory} is complete ({len(self._load_index().rows)} ship images)"]
+        if self._cache_written:
+            return [f"mask cache {cache.directory}: wrote {self._cache_written} masks"]
+        return [f"mask cache {cache.directory} is up to date: nothing to do"]
 
     def _decode_ship_mask(self, image_id: str) -> np.ndarray:
         return self._load_index().decode(image_id, image_size(self.image_dir / image_id), RLE_ORDER)

@@ -87,9 +87,7 @@ class BuildingsDataModule(SegmentationDataModule):
 
     def scan(self) -> Scan:
         image_dir, mask_dir = self.root / self.images_dir, self.root / self.masks_dir
-        missing = [str(p) for p in (image_dir, mask_dir) if not p.is_dir()]
-        if missing:
-            raise FileNotFoundError(f"buildings data at {self.root} is incomplete: missing {', '.join(missing)} ({self.layout_help()})")
+        self.require_paths(image_dir, mask_dir)
         problems: list[str] = []
         images = self._keyed(image_dir, self.image_prefix, problems)
         masks = self._keyed(mask_dir, self.mask_prefix, problems)

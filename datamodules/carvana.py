@@ -73,6 +73,7 @@ class CarvanaDataModule(SegmentationDataModule):
         self.mask_source = mask_source
         self._table: RleTable | None = None
         self._cache: MaskCache | None = None
+        self._cache_written = 0
 
     @property
     def csv_path(self) -> Path:
@@ -86,8 +87,7 @@ class CarvanaDataModule(SegmentationDataModule):
 
     def scan(self) -> Scan:
         image_dir = self.root / self.images_dir
-        if not image_dir.is_dir():
-            raise FileNotFoundError(f"Carvana data at {self.root} is incomplete: missing {image_dir} ({self.layout_help()})")
+        self.require_paths(image_dir)
         images = {p.name: p for p in sorted(image_dir.glob("*.jpg"))}
         problems = [f"{p}: file name is not <car>_<NN>.jpg" for p in images.values() if "_" not in p.stem]
         if self.mask_source == "gif":
@@ -96,8 +96,7 @@ class CarvanaDataModule(SegmentationDataModule):
 
     def _scan_gif(self, images: dict[str, Path], problems: list[str]) -> Scan:
         mask_dir = self.root / self.masks_dir
-        if not mask_dir.is_dir():
-            raise FileNotFoundError(f"Carvana data at {self.root} is incomplete: missing {mask_dir} ({self.layout_help()})")
+        self.require_paths(mask_dir)
         masks = {p.name: p for p in mask_dir.glob("*_mask.gif")}
         items = []
         for name, path in images.items():
@@ -111,8 +110,7 @@ class CarvanaDataModule(SegmentationDataModule):
 
     def _table_(self) -> RleTable:
         if self._table is None:
-            if not self.csv_path.is_file():
-                raise FileNotFoundError(f"Carvana data at {self.root} is incomplete: missing {self.csv_path} ({self.layout_help()})")
+            self.require_paths(self.csv_path)
             self._table = read_rle_csv(self.csv_path, "img", "rle_mask")
         return self._table
 
@@ -137,7 +135,9 @@ class CarvanaDataModule(SegmentationDataModule):
             cache = MaskCache(self.work_dir / "masks", fingerprint=file_sha256(self.csv_path))
             if not cache.is_complete():
                 paths = {i.name: i.image for i in items}
-                cache.build([i.name for i in items], lambda name: table.decode(name, image_size(paths[name]), RLE_ORDER))
+                self._cache_written = cache.build(
+                    [i.name for i in items], lambda name: table.decode(name, image_size(paths[name]), RLE_ORDER)
+                )
             self._cache = cache
         return self._cache
 
@@ -145,7 +145,9 @@ class CarvanaDataModule(SegmentationDataModule):
         if self.mask_source == "gif":
             return []
         cache = self._mask_cache()
-        return [f"mask cache {cache.directory} is complete (from {self.csv_path})"]
+        if self._cache_written:
+            return [f"mask cache {cache.directory}: wrote {self._cache_written} masks from {self.csv_path}"]
+        return [f"mask cache {cache.directory} is up to date: nothing to do"]
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is None and self.mask_source == "csv":

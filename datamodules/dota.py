@@ -168,9 +168,7 @@ class DotaDataModule(SegmentationDataModule):
     def sources(self) -> tuple[list[tuple[str, Path, Path]], list[str]]:
         """``(name, image, label)`` of every scene, and every unpaired file."""
         image_dir, label_dir = self.root / self.images_dir, self.root / self.labels_dir
-        missing = [str(p) for p in (image_dir, label_dir) if not p.is_dir()]
-        if missing:
-            raise FileNotFoundError(f"DOTA data at {self.root} is incomplete: missing {', '.join(missing)} ({self.layout_help()})")
+        self.require_paths(image_dir, label_dir)
         images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
         labels = {p.stem: p for p in sorted(label_dir.glob("*.txt"))}
         pairs = [(n, images[n], labels[n]) for n in images if n in labels]

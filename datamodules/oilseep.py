@@ -69,9 +69,7 @@ class OilSeepDataModule(SegmentationDataModule):
 
     def scan(self) -> Scan:
         image_dir, mask_dir = self.root / self.images_dir, self.root / self.masks_dir
-        missing = [str(p) for p in (image_dir, mask_dir) if not p.is_dir()]
-        if missing:
-            raise FileNotFoundError(f"oil-seep data at {self.root} is incomplete: missing {', '.join(missing)} ({self.layout_help()})")
+        self.require_paths(image_dir, mask_dir)
         pairs, problems = pair_by_name(image_dir, mask_dir, "*.tif")
         return Scan([Item(name, image, mask, group=name) for name, image, mask in pairs], problems)
 

@@ -95,7 +95,6 @@ def _python_defaults(factory):
 
 @pytest.mark.parametrize("group", ["loss", "model"])
 def test_group_yaml_defaults_equal_the_python_defaults(group):
-    import inspect
 
     import segmentation_models_pytorch.losses as smp_losses
     import yaml

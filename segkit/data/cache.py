@@ -85,8 +85,10 @@ class MaskCache:
         keys = list(keys)
         log.info("mask cache %s: writing masks of %d images (once per source)", self.directory, len(keys))
         started = time.perf_counter()
+        from tqdm.auto import tqdm
+
         written = total = 0
-        for key in keys:
+        for key in tqdm(keys, desc=f"mask cache {self.directory.name}", unit="mask", mininterval=1.0):
             total += 1
             target = self.path(key)
             if target.exists():

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
@@ -164,6 +163,14 @@ class SegmentationDataModule(L.LightningDataModule):
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.kind} data root {self.root} does not exist ({self.layout_help()})")
         return self.root
+
+    def require_paths(self, *paths: Path) -> None:
+        """Raise naming every missing file or folder of the expected layout."""
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"{self.kind} data at {self.root} is incomplete: missing {', '.join(missing)} ({self.layout_help()})"
+            )
 
     def items(self) -> list[Item]:
         """The scanned items; raises with every problem found, each on its own line."""
