@@ -7,7 +7,9 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
+from torchmetrics.classification import BinaryAccuracy, BinaryF1Score
 
 from segkit.losses import build_loss
 from segkit.metrics import SegmentationMetrics, logits_to_labels
@@ -38,6 +40,9 @@ class SegmentationModule(L.LightningModule):
             (mean of per-image scores, Kaggle's Carvana metric).
         channels_last: keep weights and inputs in channels-last memory format
             (faster convolutions on CPU and on tensor-core GPUs).
+        task: ``"segmentation"``, or ``"classification"`` — image-level "has foreground?"
+            trained with BCE on the encoder's classification head (staged pretraining);
+            logs ``val/cls_loss``, ``val/acc``, ``val/f1``.
     """
 
     def __init__(
@@ -54,8 +59,12 @@ class SegmentationModule(L.LightningModule):
         include_background: bool = False,
         metric_aggregation: str = "dataset",
         channels_last: bool = True,
+        task: str = "segmentation",
     ) -> None:
         super().__init__()
+        if task not in ("segmentation", "classification"):
+            raise ValueError(f"task must be 'segmentation' or 'classification', got {task!r}")
+        self.task = task
         self.save_hyperparameters()
         model_params = dict(model)
         self.net = build_model(model_params.pop("name"), in_channels=in_channels, num_classes=num_classes, **model_params)
@@ -74,6 +83,13 @@ class SegmentationModule(L.LightningModule):
         self.channels_last = channels_last
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
+        if task == "classification" and not self.net.has_classification_head:
+            raise ValueError(
+                f"task 'classification' needs a classification head on the encoder: set "
+                f"model.classification_head=true (smp encoders; model {model['name']!r})"
+            )
+        self.val_accuracy = BinaryAccuracy()
+        self.val_f1 = BinaryF1Score()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` images → ``(B, num_classes, H, W)`` logits."""
@@ -84,13 +100,36 @@ class SegmentationModule(L.LightningModule):
     def predict_labels(self, logits: torch.Tensor) -> torch.Tensor:
         return logits_to_labels(logits, self.hparams.threshold)
 
+    def image_labels(self, masks: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W)`` masks → ``(B,)`` float: 1 where any pixel is foreground (ignore_index aside)."""
+        foreground = masks > 0
+        if self.hparams.ignore_index is not None:
+            foreground &= masks != self.hparams.ignore_index
+        return foreground.flatten(1).any(dim=1).float()
+
+    def _classification_loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images = batch["image"]
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        logits = self.net.classify(images)[:, 0].float()
+        labels = self.image_labels(batch["mask"])
+        return F.binary_cross_entropy_with_logits(logits, labels), logits, labels
+
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self(batch["image"])
-        loss = self.loss_fn(logits, batch["mask"])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits))
+        if self.task == "classification":
+            loss = self._classification_loss(batch)[0]
+        else:
+            loss = self.loss_fn(self(batch["image"]), batch["mask"])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
         return loss
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        if self.task == "classification":
+            loss, logits, labels = self._classification_loss(batch)
+            self.log("val/cls_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
+            self.val_accuracy.update(torch.sigmoid(logits), labels.long())
+            self.val_f1.update(torch.sigmoid(logits), labels.long())
+            return
         logits = self(batch["image"])
         loss = self.loss_fn(logits, batch["mask"])
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(logits), sync_dist=True)
@@ -99,6 +138,11 @@ class SegmentationModule(L.LightningModule):
         self.val_metrics.update(self.predict_labels(logits), batch["mask"])
 
     def on_validation_epoch_end(self) -> None:
+        if self.task == "classification":
+            self.log_dict({"val/acc": self.val_accuracy.compute(), "val/f1": self.val_f1.compute()}, prog_bar=True)
+            self.val_accuracy.reset()
+            self.val_f1.reset()
+            return
         scores = {f"val/{k}": v for k, v in self.val_metrics.compute().items()}
         self.log("val/dice", scores.pop("val/dice"), prog_bar=True)
         self.log_dict(scores)

@@ -2,36 +2,31 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from segkit.callbacks import AtomicCheckpointIO, EpochSeeder, MetricsHistory
 from segkit.data.class_stats import read_class_weights, write_json_atomic
 from segkit.models import count_parameters
 from segkit.module import SegmentationModule
 from segkit.runtime import resolve_accelerator, resolve_precision
 
-__all__ = ["MetricsHistory", "build_module", "run_training"]
+__all__ = ["build_module", "fit_stage", "format_summary", "resolve_loss_config", "run_training"]
 
-
-class MetricsHistory(Callback):
-    """Keeps every validation epoch's metrics (sanity checks excluded)."""
-
-    def __init__(self) -> None:
-        self.epochs: list[dict[str, float]] = []
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
-        row.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
-        self.epochs.append(row)
+log = logging.getLogger(__name__)
+# the config with its interpolations kept (stage settings such as a scheduler's T_max
+# follow ${trainer.max_epochs} per stage): what resume= reloads; config.yaml is resolved
+UNRESOLVED_CONFIG = "config.unresolved.yaml"
 
 
 def _container(cfg: DictConfig | None) -> Any:
@@ -74,71 +69,209 @@ def resolve_loss_config(loss: dict[str, Any], num_classes: int, datamodule: Any 
     return loss
 
 
-def build_module(cfg: DictConfig, datamodule: Any = None) -> SegmentationModule:
+def build_module(cfg: DictConfig, datamodule: Any = None, **overrides: Any) -> SegmentationModule:
     return SegmentationModule(
         model=_container(cfg.model),
         loss=resolve_loss_config(_container(cfg.loss), cfg.module.num_classes, datamodule),
         optimizer=_container(cfg.optimizer),
         scheduler=_container(cfg.get("scheduler")),
-        **_container(cfg.module),
+        **{**_container(cfg.module), **overrides},
     )
 
 
+# ------------------------------------------------------------------- resume
+def _has_last_checkpoint(run_dir: Path) -> bool:
+    return (run_dir / "checkpoints" / "last.ckpt").is_file() or any(run_dir.glob("stages/*/checkpoints/last.ckpt"))
+
+
+def _comparable(cfg: DictConfig) -> dict[str, Any]:
+    """The config as a plain dict, the run directory and ``resume`` blanked out."""
+    data = OmegaConf.to_container(cfg, resolve=False)
+    data["paths"] = {"run_dir": "<run dir>"}
+    data["resume"] = None
+    return OmegaConf.to_container(OmegaConf.create(data), resolve=True)
+
+
+def locate_resume(cfg: DictConfig) -> tuple[DictConfig, Path] | None:
+    """The saved config and directory of the run ``cfg.resume`` names, or ``None`` for a fresh start.
+
+    ``resume=<run dir>`` continues that run with its own saved config; ``resume=auto`` the
+    latest run beside this one whose config equals this one (paths aside).
+    """
+    value = cfg.get("resume")
+    if not value:
+        return None
+    if str(value) != "auto":
+        run_dir = Path(str(value))
+        if not (run_dir / UNRESOLVED_CONFIG).is_file():
+            raise FileNotFoundError(f"resume={run_dir}: no {UNRESOLVED_CONFIG} there — is it a segkit run directory?")
+        if not _has_last_checkpoint(run_dir):
+            raise FileNotFoundError(f"resume={run_dir}: no checkpoints/last.ckpt to continue from")
+        return OmegaConf.load(run_dir / UNRESOLVED_CONFIG), run_dir
+    here = Path(cfg.paths.run_dir)
+    wanted = _comparable(cfg)
+    candidates = sorted(here.parent.glob(f"*/{UNRESOLVED_CONFIG}"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in candidates:
+        if path.parent == here or not _has_last_checkpoint(path.parent):
+            continue
+        saved = OmegaConf.load(path)
+        if _comparable(saved) == wanted:
+            return saved, path.parent
+    log.info("resume=auto: no earlier run in %s with this config; starting fresh", here.parent)
+    return None
+
+
+# -------------------------------------------------------------------- stages
+def fit_stage(
+    cfg: DictConfig,
+    stage_dir: Path,
+    stage_index: int = 0,
+    data_overrides: dict[str, Any] | None = None,
+    module_overrides: dict[str, Any] | None = None,
+    init_checkpoint: str | None = None,
+    lr_find: bool | dict[str, Any] = False,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Fit one model in ``stage_dir`` (checkpoints/, logs); return its summary.
+
+    ``init_checkpoint``: start from that checkpoint's network weights (a previous stage).
+    ``lr_find``: run Lightning's LR finder first (``True`` or its arguments) and train with
+    the LR it suggests; its plot goes to ``stage_dir/lr_find.png``.
+    ``resume``: continue from ``stage_dir/checkpoints/last.ckpt`` (optimizer, scheduler,
+    epoch, metric history; randomness replays per epoch, see :class:`EpochSeeder`).
+    """
+    started = time.perf_counter()
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.paths.run_dir = str(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    datamodule = instantiate(cfg.data, **(data_overrides or {}), _convert_="all")
+    module = build_module(cfg, datamodule, **(module_overrides or {}))
+    if init_checkpoint:
+        state = torch.load(init_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        module.net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
+    history = MetricsHistory()
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    trainer = L.Trainer(
+        **_expand_fast_dev_run(_container(cfg.trainer)),
+        callbacks=[*callbacks, history, EpochSeeder(cfg.seed, stage_index)],
+        logger=loggers or False,
+        default_root_dir=str(stage_dir),
+        plugins=[AtomicCheckpointIO()],
+    )
+    last = stage_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = str(last) if resume and last.is_file() else None
+    lr = cfg.optimizer.get("lr")
+    if lr_find and ckpt_path is None:
+        lr = _find_lr(trainer, module, datamodule, stage_dir, {} if lr_find is True else dict(lr_find))
+        history.epochs = []
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    checkpoints = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    best_checkpoint = next((c.best_model_path for c in checkpoints if c.monitor), None)
+    last_checkpoint = str(last) if last.is_file() else None
+    monitor, mode = cfg.monitor.metric, cfg.monitor.mode
+    return {
+        "monitor": monitor,
+        "mode": mode,
+        "best": _best_epoch(history.epochs, monitor, mode),
+        "final": history.epochs[-1] if history.epochs else None,
+        "history": history.epochs,
+        "best_checkpoint": best_checkpoint,
+        "last_checkpoint": last_checkpoint,
+        "lr": lr,
+        "precision": cfg.trainer.precision,
+        "accelerator": cfg.trainer.accelerator,
+        "model_parameters": count_parameters(module.net),
+        "epochs_run": trainer.current_epoch,
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "run_dir": str(stage_dir),
+    }
+
+
+LR_FIND_DEFAULTS = {"min_lr": 1e-6, "max_lr": 1.0, "num_training": 100}
+
+
+def _find_lr(trainer: L.Trainer, module: SegmentationModule, datamodule: Any, stage_dir: Path, options: dict[str, Any]) -> float:
+    """Lightning's LR finder; sets and returns the suggested LR, saves its plot.
+
+    The sweep starts at 1e-6 rather than Lightning's 1e-8: on small or noisy data the
+    smoothed loss rises over the first steps and the steepest-descent suggestion then
+    lands in that start-up artefact (seen here: 5e-7 for a classification stage).
+    """
+    options = {**LR_FIND_DEFAULTS, **options}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from lightning.pytorch.tuner import Tuner
+
+    # the finder runs num_training steps; let it cross epochs even when the stage has one epoch
+    max_epochs = trainer.fit_loop.max_epochs
+    trainer.fit_loop.max_epochs = 10_000
+    try:
+        finder = Tuner(trainer).lr_find(module, datamodule=datamodule, update_attr=False, **options)
+    finally:
+        trainer.fit_loop.max_epochs = max_epochs
+    suggestion = finder.suggestion() if finder is not None else None
+    if finder is not None:
+        figure = finder.plot(suggest=suggestion is not None)
+        figure.savefig(stage_dir / "lr_find.png", dpi=100)
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+    if suggestion is None or not math.isfinite(suggestion):
+        lr = module.hparams.optimizer["lr"]
+        log.warning("LR finder found no suggestion; keeping lr=%g", lr)
+        return lr
+    module.hparams.optimizer["lr"] = float(suggestion)
+    log.info("LR finder suggests lr=%g (plot: %s)", suggestion, stage_dir / "lr_find.png")
+    return float(suggestion)
+
+
+# ----------------------------------------------------------------------- run
 def run_training(cfg: DictConfig) -> dict[str, Any]:
     """Train as ``cfg`` says; write config.yaml, checkpoints/, logs and metrics.json into the run dir.
 
     Returns the content of ``metrics.json``.
     """
     started = time.perf_counter()
-    run_dir = Path(cfg.paths.run_dir)
-    checkpoint_dir = run_dir / "checkpoints"
-    if checkpoint_dir.exists() and any(checkpoint_dir.iterdir()):
-        raise FileExistsError(
-            f"{checkpoint_dir} already holds checkpoints: choose a new run directory "
-            "(hydra.run.dir=...) rather than overwrite an earlier run"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(cfg.seed, workers=True)
-
     accelerator = resolve_accelerator(cfg.trainer.accelerator)
     precision = resolve_precision(cfg.trainer.precision, accelerator)
     with open_dict(cfg):
         cfg.trainer.accelerator = accelerator
         cfg.trainer.precision = precision
+    found = locate_resume(cfg)
+    resuming = found is not None
+    if resuming:
+        cfg, run_dir = found
+        with open_dict(cfg):
+            cfg.paths.run_dir = str(run_dir)
+        log.info("resuming the run in %s", run_dir)
+    else:
+        run_dir = Path(cfg.paths.run_dir)
+        if _has_last_checkpoint(run_dir) or any((run_dir / "checkpoints").glob("*.ckpt")):
+            raise FileExistsError(
+                f"{run_dir} already holds checkpoints: choose a new run directory (hydra.run.dir=...) "
+                f"rather than overwrite an earlier run, or continue it with resume={run_dir}"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if rank_zero_only.rank == 0:
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            unresolved = OmegaConf.to_container(cfg, resolve=False)
+            unresolved["paths"] = {"run_dir": str(run_dir)}  # ${hydra:...} cannot be resolved later
+            (run_dir / UNRESOLVED_CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.create(unresolved)))
+    L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate(cfg.data, _convert_="all")
-    module = build_module(cfg, datamodule)
-    history = MetricsHistory()
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    trainer = L.Trainer(
-        **_expand_fast_dev_run(_container(cfg.trainer)),
-        callbacks=[*callbacks, history],
-        logger=loggers or False,
-        default_root_dir=str(run_dir),
-    )
-    if trainer.is_global_zero:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    trainer.fit(module, datamodule=datamodule)
+    if cfg.get("recipe"):
+        from segkit.recipes import run_recipe
 
-    checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
-    monitor, mode = cfg.monitor.metric, cfg.monitor.mode
-    summary = {
-        "monitor": monitor,
-        "mode": mode,
-        "best": _best_epoch(history.epochs, monitor, mode),
-        "final": history.epochs[-1] if history.epochs else None,
-        "history": history.epochs,
-        "best_checkpoint": checkpoint.best_model_path if checkpoint else None,
-        "last_checkpoint": checkpoint.last_model_path if checkpoint else None,
-        "precision": precision,
-        "accelerator": accelerator,
-        "model_parameters": count_parameters(module.net),
-        "epochs_run": trainer.current_epoch,
-        "wall_time_s": round(time.perf_counter() - started, 1),
-        "run_dir": str(run_dir),
-    }
-    if trainer.is_global_zero:
+        summary = run_recipe(cfg, run_dir, resume=resuming)
+    else:
+        summary = fit_stage(cfg, run_dir, resume=resuming)
+    summary["run_dir"] = str(run_dir)
+    summary["wall_time_s"] = round(time.perf_counter() - started, 1)
+    if rank_zero_only.rank == 0:
         write_json_atomic(run_dir / "metrics.json", summary)
         print(format_summary(summary))
     return summary
@@ -150,7 +283,13 @@ def format_summary(summary: dict[str, Any]) -> str:
     keys = [k for k in final if k.startswith("val/") and "/" not in k[4:]]
     keys += sorted(k for k in final if k.startswith("val/") and "/" in k[4:])
     width = max([len(k) for k in keys] + [len("metric")])
-    lines = [f"{'metric':<{width}}  {'best':>8}  {'final':>8}", "-" * (width + 20)]
+    lines = []
+    for stage in summary.get("stages", []):
+        lines.append(f"stage {stage['stage']} {stage['name']:<14} {stage['task']:<14} size {stage['size']!s:<10} "
+                     f"epochs {stage['epochs']:<3} lr {float(stage['lr']):.3g}  best {stage['monitor']} {float(stage['best']):.4f}")
+    if lines:
+        lines.append("")
+    lines += [f"{'metric':<{width}}  {'best':>8}  {'final':>8}", "-" * (width + 20)]
     for key in keys:
         lines.append(f"{key:<{width}}  {best.get(key, float('nan')):>8.4f}  {final.get(key, float('nan')):>8.4f}")
     lines.append(f"{'epoch':<{width}}  {best.get('epoch', -1):>8}  {final.get('epoch', -1):>8}")

@@ -57,7 +57,7 @@ def test_background_ratio_over_epochs(airbus, tmp_path):
     draws = []
     for epoch in range(3):
         sampler.set_epoch(epoch)
-        picked = [names[i] for i in sampler]
+        picked = [names[i] for i, _ in sampler]
         ships = [n for n in picked if airbus.ships[n]]
         background = [n for n in picked if not airbus.ships[n]]
         assert len(ships) == n_ship and len(set(ships)) == n_ship  # every ship image, once
@@ -65,7 +65,7 @@ def test_background_ratio_over_epochs(airbus, tmp_path):
         draws.append(frozenset(background))
     assert len(set(draws)) > 1  # re-drawn each epoch
     sampler.set_epoch(1)
-    assert frozenset(names[i] for i in sampler if not airbus.ships[names[i]]) == draws[1]  # reproducible
+    assert frozenset(names[i] for i, _ in sampler if not airbus.ships[names[i]]) == draws[1]  # reproducible
 
 
 def test_split_is_deterministic_stratified_and_row_order_free(airbus, tmp_path):

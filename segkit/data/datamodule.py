@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Sampler
 from segkit.data.cache import default_cache_dir
 from segkit.data.class_stats import CLASS_STATS_FILE
 from segkit.data.datasets import ImageMaskDataset, ImageSpec, MaskValues
+from segkit.data.sampling import EpochShuffleSampler
 from segkit.data.splits import group_split
 from segkit.data.transforms import build_pipeline
 
@@ -133,9 +134,9 @@ class SegmentationDataModule(L.LightningDataModule):
         """One-off preparation (caches, patches...); idempotent; returns what it did."""
         return []
 
-    def train_sampler(self, items: list[Item]) -> Sampler | None:
-        """A sampler over the training items, or ``None`` to shuffle them all."""
-        return None
+    def train_sampler(self, items: list[Item]) -> Sampler:
+        """The training sampler; by default every item once per epoch, shuffled by (seed, epoch)."""
+        return EpochShuffleSampler(len(items), seed=self.seed)
 
     # --------------------------------------------------------------- locations
     @property
@@ -269,17 +270,18 @@ class SegmentationDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            # worker seeds come from this generator, not the global RNG, so creating an
+            # iterator never shifts the global random stream (dropout) of a resumed run
+            generator=torch.Generator().manual_seed(self.seed),
             **kwargs,
         )
 
     def train_dataloader(self) -> DataLoader:
-        assert self.train_dataset is not None, "call setup() first"
-        n = len(self._train_sampler) if self._train_sampler is not None else len(self.train_dataset)
+        assert self.train_dataset is not None and self._train_sampler is not None, "call setup() first"
+        n = len(self._train_sampler)
         # a last batch of one image breaks BatchNorm: drop it when there are more batches
         drop_last = n > self.batch_size and n % self.batch_size == 1
-        if self._train_sampler is not None:
-            return self._loader(self.train_dataset, sampler=self._train_sampler, drop_last=drop_last)
-        return self._loader(self.train_dataset, shuffle=True, drop_last=drop_last)
+        return self._loader(self.train_dataset, sampler=self._train_sampler, drop_last=drop_last)
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_dataset is not None, "call setup() first"

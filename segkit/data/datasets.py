@@ -119,8 +119,18 @@ class ImageMaskDataset(Dataset):
             )
         return image, mask
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor | str]:
+        """``key``: an index, or ``(index, augmentation seed)`` as segkit's samplers yield.
+
+        albumentations draws from its own generators, seeded from OS entropy; they are
+        reseeded per sample — from the key, or else from torch's RNG — so augmentations
+        follow the run's seed.
+        """
+        index, seed = key if isinstance(key, tuple) else (key, None)
         image, mask = self.load(index)
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, ()))
+        self.transform.set_random_seed(seed)
         out = self.transform(image=image, mask=mask)
         sample: dict[str, torch.Tensor | str] = dict(to_sample(out["image"], out["mask"]))
         sample["name"] = self.names[index]

@@ -1,4 +1,10 @@
-"""Samplers that control the share of background-only images per epoch."""
+"""Training samplers: per-epoch draws that depend only on (seed, epoch).
+
+They yield ``(index, augmentation_seed)`` pairs: :class:`~segkit.data.datasets.ImageMaskDataset`
+seeds its augmentations for that sample from the pair, so the images of an epoch — order,
+choice and augmentation — are a function of (seed, epoch) alone, in the main process or a
+worker, and a resumed run replays them exactly.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,9 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = ["BackgroundRatioSampler", "background_subset"]
+__all__ = ["BackgroundRatioSampler", "EpochShuffleSampler", "background_subset"]
+
+SeededIndex = tuple[int, int]
 
 
 def background_subset(
@@ -20,19 +28,54 @@ def background_subset(
     return rng.choice(np.asarray(negatives, dtype=np.int64), size=count, replace=False)
 
 
-class BackgroundRatioSampler(Sampler[int]):
+class _EpochSampler(Sampler[SeededIndex]):
+    """Base: an epoch counter (``set_epoch``, called by Lightning before each epoch; used
+    on its own, it advances after every full iteration) and seeded pairs."""
+
+    def __init__(self, seed: int, shuffle: bool) -> None:
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[SeededIndex]:
+        rng = np.random.default_rng((self.seed, self.epoch))
+        indices = self._indices(rng)
+        if self.shuffle:
+            rng.shuffle(indices)
+        seeds = rng.integers(0, 2**31 - 1, size=len(indices))
+        self.epoch += 1
+        return iter(zip(indices.tolist(), seeds.tolist()))
+
+
+class EpochShuffleSampler(_EpochSampler):
+    """Every index once per epoch, shuffled by (seed, epoch)."""
+
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True) -> None:
+        super().__init__(seed, shuffle)
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _indices(self, rng: np.random.Generator) -> np.ndarray:
+        return np.arange(self.size, dtype=np.int64)
+
+
+class BackgroundRatioSampler(_EpochSampler):
     """Every positive (e.g. ship) index plus a fresh random share of the negatives each epoch.
 
     Args:
         positives: dataset indices always drawn (images with foreground).
         negatives: dataset indices of background-only images.
         ratio: share of ``negatives`` drawn per epoch, in [0, 1].
-        seed: base seed; epoch ``e`` draws from ``(seed, e)``, so a run is reproducible
-            and resumable.
+        seed: base seed; epoch ``e`` draws from ``(seed, e)``.
         shuffle: shuffle the drawn indices.
-
-    Lightning calls :meth:`set_epoch` before each epoch; used on its own, the sampler
-    advances its epoch after every full iteration.
     """
 
     def __init__(
@@ -45,23 +88,13 @@ class BackgroundRatioSampler(Sampler[int]):
     ) -> None:
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"background ratio must be in [0, 1], got {ratio}")
+        super().__init__(seed, shuffle)
         self.positives = np.asarray(positives, dtype=np.int64)
         self.negatives = np.asarray(negatives, dtype=np.int64)
         self.ratio = ratio
-        self.seed = seed
-        self.shuffle = shuffle
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.positives) + int(round(self.ratio * len(self.negatives)))
 
-    def __iter__(self) -> Iterator[int]:
-        rng = np.random.default_rng((self.seed, self.epoch))
-        indices = np.concatenate([self.positives, background_subset(self.negatives, self.ratio, rng)])
-        if self.shuffle:
-            rng.shuffle(indices)
-        self.epoch += 1
-        return iter(indices.tolist())
+    def _indices(self, rng: np.random.Generator) -> np.ndarray:
+        return np.concatenate([self.positives, background_subset(self.negatives, self.ratio, rng)])

@@ -32,7 +32,7 @@ class SegmentationNet(nn.Module):
         self.size_multiple = size_multiple
         self.name = name
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _check_size(self, x: torch.Tensor) -> None:
         height, width = x.shape[-2:]
         m = self.size_multiple
         if height % m or width % m:
@@ -41,7 +41,25 @@ class SegmentationNet(nn.Module):
                 f"got {height}x{width}: resize or pad to e.g. "
                 f"{-(-height // m) * m}x{-(-width // m) * m} (data.image_size)"
             )
-        return self.net(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_size(x)
+        out = self.net(x)
+        return out[0] if isinstance(out, tuple) else out  # smp with a classification head
+
+    @property
+    def has_classification_head(self) -> bool:
+        return getattr(self.net, "classification_head", None) is not None
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` → ``(B, 1)`` image-level logits from the encoder's deepest features."""
+        if not self.has_classification_head:
+            raise ValueError(
+                f"model {self.name!r} has no classification head: set model.classification_head=true "
+                "(smp encoders only) for a classification stage"
+            )
+        self._check_size(x)
+        return self.net.classification_head(self.net.encoder(x)[-1])
 
 
 def _load_encoder_weights(encoder: nn.Module, path: str | os.PathLike) -> None:
@@ -68,9 +86,14 @@ def _smp_unet(encoder_name: str) -> Callable[..., SegmentationNet]:
         encoder_weights: str | None = None,
         encoder_depth: int = 5,
         decoder_channels: list[int] | tuple[int, ...] = (256, 128, 64, 32, 16),
+        classification_head: bool = False,
         **params: Any,
     ) -> SegmentationNet:
-        """smp ``Unet``; ``encoder_weights`` is None, an smp name (downloads!) or a local file."""
+        """smp ``Unet``; ``encoder_weights`` is None, an smp name (downloads!) or a local file.
+
+        ``classification_head`` adds an image-level head on the encoder (smp ``aux_params``:
+        average pooling, dropout 0.2, one logit) for classification pretraining stages.
+        """
         local = encoder_weights is not None and _is_path(str(encoder_weights))
         if local and not Path(str(encoder_weights)).is_file():
             raise FileNotFoundError(f"{encoder_weights}: encoder weights file not found")
@@ -81,6 +104,7 @@ def _smp_unet(encoder_name: str) -> Callable[..., SegmentationNet]:
             decoder_channels=tuple(decoder_channels),
             in_channels=in_channels,
             classes=num_classes,
+            aux_params={"classes": 1, "dropout": 0.2, "pooling": "avg"} if classification_head else None,
             **params,
         )
         if local:

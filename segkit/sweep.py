@@ -1,0 +1,88 @@
+"""Sweep summaries: after ``segkit-train -m ...``, one table of every run of the sweep."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+__all__ = ["SweepSummary", "collect_runs", "write_sweep_summary"]
+
+log = logging.getLogger(__name__)
+
+
+def collect_runs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per run directory of the sweep that wrote a ``metrics.json``."""
+    rows = []
+    for metrics_path in sorted(sweep_dir.glob("*/metrics.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
+        run_dir = metrics_path.parent
+        metrics = json.loads(metrics_path.read_text())
+        overrides_path = run_dir / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(overrides_path.read_text()) if overrides_path.is_file() else []
+        monitor = metrics["monitor"]
+        best = (metrics.get("best") or {}).get(monitor, math.nan)
+        final = (metrics.get("final") or {}).get(monitor, math.nan)
+        rows.append({
+            "run": run_dir.name,
+            "overrides": overrides,
+            "monitor": monitor,
+            "mode": metrics["mode"],
+            "best": best,
+            "best_epoch": (metrics.get("best") or {}).get("epoch"),
+            "final": final,
+            "wall_time_s": metrics.get("wall_time_s"),
+            "best_checkpoint": metrics.get("best_checkpoint"),
+        })
+    # show what varies between the runs; what all share goes to 'common'
+    common = set.intersection(*(set(r["overrides"]) for r in rows)) if len(rows) > 1 else set()
+    for row in rows:
+        row["common"] = " ".join(o for o in row["overrides"] if o in common)
+        row["overrides"] = " ".join(o for o in row["overrides"] if o not in common)
+    return rows
+
+
+def write_sweep_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """Write ``summary.csv`` and ``summary.md`` (best run first) into ``sweep_dir``."""
+    sweep_dir = Path(sweep_dir)
+    rows = collect_runs(sweep_dir)
+    if not rows:
+        return rows
+    maximise = rows[0]["mode"] == "max"
+    rows.sort(key=lambda r: (math.isnan(r["best"]), -r["best"] if maximise else r["best"]))
+    with (sweep_dir / "summary.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [
+        f"# Sweep summary: {sweep_dir}",
+        "",
+        f"{len(rows)} runs, best first by {rows[0]['monitor']} ({rows[0]['mode']}). "
+        f"Overrides shared by all runs: `{rows[0]['common'] or '(none)'}`.",
+        "",
+        "| run | overrides | best | epoch | final | time (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['run']} | `{r['overrides']}` | {r['best']:.4f} | {r['best_epoch']} | {r['final']:.4f} | {r['wall_time_s']} |")
+    (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    return rows
+
+
+class SweepSummary(Callback):
+    """Hydra callback: writes the sweep summary when a multirun ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        rows = write_sweep_summary(config.hydra.sweep.dir)
+        if rows:
+            best = rows[0]
+            log.info("sweep of %d runs; best %s=%.4f in run %s (%s); summary in %s", len(rows), best["monitor"],
+                     best["best"], best["run"], best["overrides"], Path(config.hydra.sweep.dir) / "summary.md")
+            print(f"sweep summary: {Path(config.hydra.sweep.dir) / 'summary.md'} (best: run {best['run']}, "
+                  f"{best['monitor']}={best['best']:.4f}, {best['overrides']})")

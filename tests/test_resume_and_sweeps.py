@@ -1,0 +1,142 @@
+"""Resume after SIGKILL, multirun summaries and Optuna, through the real CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY = ["data.num_images=16", "data.size=64", "data.image_size=64", "data.batch_size=4", "data.num_workers=0"]
+DETERMINISTIC = ["trainer.precision=32-true", "trainer.deterministic=true", "logger=csv"]
+
+
+def command(*args):
+    return [str(Path(sys.executable).with_name("segkit-train")), *args]
+
+
+def env():
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "0"}
+
+
+def run(*args, cwd):
+    return subprocess.run(command(*args), cwd=cwd, env=env(), capture_output=True, text=True, timeout=600)
+
+
+def checkpoint_epoch(path: Path) -> int | None:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)["epoch"]
+    except Exception:  # not there yet
+        return None
+
+
+def kill_after_checkpoint(args, checkpoint: Path, cwd: Path, epoch: int = 0) -> None:
+    """Start a run, SIGKILL it as soon as ``checkpoint`` holds ``epoch``."""
+    process = subprocess.Popen(command(*args), cwd=cwd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while checkpoint_epoch(checkpoint) != epoch:
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    args = [*TINY, *DETERMINISTIC, "trainer.max_epochs=4"]
+    straight = run(*args, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = tmp_path / "killed"
+    kill_after_checkpoint([*args, f"hydra.run.dir={killed}"], killed / "checkpoints" / "last.ckpt", tmp_path)
+    resumed = run(f"resume={killed}", f"hydra.run.dir={tmp_path / 'resume-log'}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_weights(tmp_path / "straight" / "checkpoints" / "last.ckpt", killed / "checkpoints" / "last.ckpt")
+    history = json.loads((killed / "metrics.json").read_text())["history"]
+    assert [row["epoch"] for row in history] == [0, 1, 2, 3]  # the whole history survives the kill
+
+
+def test_killed_staged_run_resumes_mid_stage(tmp_path):
+    stages = ("recipe={stages: [{name: classify, task: classification, epochs: 2, background_ratio: 0.7},"
+              "{name: segment, epochs: 3, background_ratio: 0.3}]}")
+    args = [*TINY, *DETERMINISTIC, "model.classification_head=true", stages]
+    straight = run(*args, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = tmp_path / "killed"
+    kill_after_checkpoint([*args, f"hydra.run.dir={killed}"], killed / "stages" / "01_segment" / "checkpoints" / "last.ckpt", tmp_path)
+    resumed = run(f"resume={killed}", f"hydra.run.dir={tmp_path / 'resume-log'}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    last = Path("stages/01_segment/checkpoints/last.ckpt")
+    assert_same_weights(tmp_path / "straight" / last, killed / last)
+    assert (killed / "stages.csv").read_text().count("\n") == 3  # header + both stages
+
+
+def test_resume_auto_finds_the_run_with_the_same_config(tmp_path):
+    runs = tmp_path / "outputs"
+    args = [*TINY, *DETERMINISTIC, "trainer.max_epochs=3"]
+    killed = runs / "first"
+    kill_after_checkpoint([*args, f"hydra.run.dir={killed}"], killed / "checkpoints" / "last.ckpt", tmp_path)
+    other = run(*TINY, *DETERMINISTIC, "trainer.max_epochs=1", f"hydra.run.dir={runs / 'other'}", cwd=tmp_path)
+    assert other.returncode == 0
+    resumed = run(*args, "resume=auto", f"hydra.run.dir={runs / 'second'}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((killed / "metrics.json").read_text())["epochs_run"] == 3
+    assert not (runs / "second" / "checkpoints").exists()
+    fresh = run(*TINY, *DETERMINISTIC, "trainer.max_epochs=2", "resume=auto", f"hydra.run.dir={runs / 'third'}", cwd=tmp_path)
+    assert fresh.returncode == 0 and (runs / "third" / "checkpoints" / "last.ckpt").is_file()  # nothing matched
+
+
+def test_resume_errors_are_clear(tmp_path):
+    result = run(*TINY, f"resume={tmp_path / 'nothing'}", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert result.returncode != 0 and "no config.unresolved.yaml there" in result.stderr
+
+
+def test_multirun_writes_a_summary(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run("-m", "loss=bce_dice,focal_tversky", "trainer.fast_dev_run=1", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import csv
+
+    with (sweep / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(r["overrides"] for r in rows) == ["loss=bce_dice", "loss=focal_tversky"]
+    assert float(rows[0]["best"]) >= float(rows[1]["best"])  # best first
+    assert "| 0 |" in (sweep / "summary.md").read_text() or "| 1 |" in (sweep / "summary.md").read_text()
+
+
+def test_optuna_search_completes_and_reports_the_best(tmp_path):
+    sweep = tmp_path / "optuna"
+    result = run("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "trainer.fast_dev_run=1", *TINY,
+                 f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import yaml
+
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"optimizer.lr", "loss.bce_weight"}
+    assert 0.0 <= best["best_value"] <= 1.0
+    assert (sweep / "summary.csv").read_text().count("\n") == 3
+
+
+@pytest.mark.parametrize("launcher", ["slurm"])
+def test_slurm_launcher_config_composes(launcher):
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="segkit.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.gpus_per_node == 1
