@@ -99,6 +99,16 @@ def class_probabilities(
     return probs, one_hot * valid_f, valid_f
 
 
+def soft_counts(
+    probs: torch.Tensor, one_hot: torch.Tensor, valid: torch.Tensor, dims: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Soft true positives, false negatives and false positives per class, summed over ``dims``."""
+    tp = (probs * one_hot).sum(dim=dims)
+    fn = ((1.0 - probs) * one_hot).sum(dim=dims)
+    fp = (probs * (valid - one_hot)).sum(dim=dims)
+    return tp, fn, fp
+
+
 # ------------------------------------------------------------- unified focal
 @register_loss("unified_focal")
 class UnifiedFocalLoss(nn.Module):
@@ -189,10 +199,7 @@ class UnifiedFocalLoss(nn.Module):
         focal_map = -(class_weight.view(view) * modulation * one_hot * torch.log(p)).sum(dim=1)
         focal = focal_map.sum() / valid.sum().clamp_min(1.0)
 
-        dims = (2, 3) if self.per_image else (0, 2, 3)
-        tp = (p * one_hot).sum(dim=dims)
-        fn = ((1.0 - p) * one_hot).sum(dim=dims)
-        fp = (p * (valid - one_hot)).sum(dim=dims)
+        tp, fn, fp = soft_counts(p, one_hot, valid, (2, 3) if self.per_image else (0, 2, 3))
         mti = (tp + self.epsilon) / (tp + self.delta * fn + (1.0 - self.delta) * fp + self.epsilon)
         distance = (1.0 - mti).clamp_min(0.0)
         enhanced = distance.clamp_min(1e-12) ** (1.0 - self.gamma)
@@ -244,10 +251,7 @@ class FocalTverskyLoss(nn.Module):
         probs, one_hot, valid = class_probabilities(logits, target, self.ignore_index)
         if self.binary:
             probs, one_hot = probs[:, 1:], one_hot[:, 1:]
-        dims = (0, 2, 3)
-        tp = (probs * one_hot).sum(dim=dims)
-        fn = ((1.0 - probs) * one_hot).sum(dim=dims)
-        fp = (probs * (valid - one_hot)).sum(dim=dims)
+        tp, fn, fp = soft_counts(probs, one_hot, valid, (0, 2, 3))
         tversky = (tp + self.smooth) / (tp + self.alpha * fn + self.beta * fp + self.smooth)
         terms = (1.0 - tversky).clamp_min(1e-12) ** (1.0 / self.gamma)
         return terms.mean() if self.reduction == "mean" else terms.sum()
