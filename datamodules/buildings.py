@@ -17,9 +17,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from segkit.data.class_stats import write_json_atomic
 from segkit.data.datamodule import Item, Scan, SegmentationDataModule
 from segkit.data.datasets import MaskValues
+from segkit.data.io import write_json_atomic
 from segkit.data.splits import group_split
 
 __all__ = ["BuildingsDataModule"]

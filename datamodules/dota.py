@@ -28,9 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from segkit.data.class_stats import write_json_atomic
 from segkit.data.datamodule import Item, Scan, SegmentationDataModule
-from segkit.data.io import image_size, read_image, write_png_atomic
+from segkit.data.io import image_size, read_image, write_json_atomic, write_png_atomic
 from segkit.data.rasterize import polygon_area, rasterize_polygons
 from segkit.data.tiling import iter_patches
 

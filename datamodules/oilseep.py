@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from segkit.data.class_stats import IMAGE_STATS_FILE, write_json_atomic
+from segkit.data.class_stats import IMAGE_STATS_FILE
 from segkit.data.datamodule import Item, Scan, SegmentationDataModule
-from segkit.data.io import read_image
+from segkit.data.io import read_image, write_json_atomic
 
 __all__ = ["OilSeepDataModule", "pair_by_name"]
 

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from segkit.data.io import write_bytes_atomic
 from segkit.train import fit_stage
 
 __all__ = ["STAGES_FILE", "Stage", "parse_stages", "read_stages_csv", "run_recipe", "stage_config"]
@@ -107,9 +107,7 @@ def _write_stages_csv(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
     writer.writeheader()
     writer.writerows({k: row[k] for k in COLUMNS} for row in rows)
-    tmp = run_dir / f".{STAGES_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, run_dir / STAGES_FILE)
+    write_bytes_atomic(run_dir / STAGES_FILE, buffer.getvalue().encode())
 
 
 def run_recipe(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segkit.callbacks import AtomicCheckpointIO, EpochSeeder, MetricsHistory
-from segkit.data.class_stats import read_class_weights, write_json_atomic
+from segkit.data.class_stats import read_class_weights
+from segkit.data.io import write_json_atomic
 from segkit.models import count_parameters
 from segkit.module import SegmentationModule
 from segkit.runtime import resolve_accelerator, resolve_precision

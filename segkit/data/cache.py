@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.data.io import write_png_atomic
+from segkit.data.io import write_json_atomic, write_png_atomic
 
 __all__ = ["MaskCache", "default_cache_dir", "file_sha256"]
 
@@ -65,10 +65,7 @@ class MaskCache:
             return None
 
     def _write_manifest(self, complete: bool, count: int) -> None:
-        payload = {"fingerprint": self.fingerprint, "complete": complete, "masks": count}
-        tmp = self.directory / f".{MANIFEST}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(payload, indent=1))
-        os.replace(tmp, self.directory / MANIFEST)
+        write_json_atomic(self.directory / MANIFEST, {"fingerprint": self.fingerprint, "complete": complete, "masks": count})
 
     def is_complete(self) -> bool:
         manifest = self._manifest()

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from segkit.data.io import write_json_atomic
+
 __all__ = [
     "CLASS_STATS_FILE",
     "IMAGE_STATS_FILE",
@@ -27,7 +29,6 @@ __all__ = [
     "read_class_weights",
     "read_image_stats",
     "write_class_stats",
-    "write_json_atomic",
 ]
 
 CLASS_STATS_FILE = "class_stats.json"
@@ -79,15 +80,6 @@ def write_class_stats(
     }
     write_json_atomic(path, payload)
     return payload
-
-
-def write_json_atomic(path: str | os.PathLike, payload: object) -> None:
-    """Write JSON under a temporary name, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def read_image_stats(work_dir: str | os.PathLike, channels: int) -> dict[str, list[float]]:

@@ -6,6 +6,7 @@ returns colour images as RGB (OpenCV decodes BGR; we convert).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-__all__ = ["read_image", "read_mask", "image_size", "write_png_atomic"]
+__all__ = ["image_size", "read_image", "read_mask", "write_bytes_atomic", "write_json_atomic", "write_png_atomic"]
 
 _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
@@ -116,15 +117,26 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     return height, width
 
 
-def write_png_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write ``array`` as PNG under a temporary name, then rename it into place.
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` under a temporary name, then rename it into place.
 
     A killed process never leaves a half-written file under the final name.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | os.PathLike, payload: object) -> None:
+    """``payload`` as indented JSON, written atomically."""
+    write_bytes_atomic(path, (json.dumps(payload, indent=2) + "\n").encode())
+
+
+def write_png_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
+    """``array`` (BGR for colour, as OpenCV expects) as PNG, written atomically."""
     ok, encoded = cv2.imencode(".png", array)
     if not ok:
         raise ValueError(f"{path}: OpenCV could not encode a PNG of shape {array.shape}")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(encoded.tobytes())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, encoded.tobytes())
