@@ -21,8 +21,7 @@ import numpy as np
 
 from segkit.data.cache import MaskCache, file_sha256
 from segkit.data.datamodule import Item, Scan, SegmentationDataModule
-from segkit.data.io import image_size
-from segkit.data.rle_csv import RleTable, read_rle_csv
+from segkit.data.rle_csv import RleTable, cache_rle_masks, read_rle_csv
 from segkit.data.sampling import BackgroundRatioSampler, background_subset
 from segkit.data.splits import stratified_split
 
@@ -124,25 +123,15 @@ class AirbusDataModule(SegmentationDataModule):
 
     # ------------------------------------------------------------ preparation
     def _mask_cache(self) -> MaskCache:
-        """The mask cache, built (or completed) if needed; the CSV is hashed once per instance."""
+        """The mask cache of the ship images, built or completed once per instance."""
         if self._cache is None:
-            self.items()  # every ImageId has its image
-            index = self._load_index()
-            cache = MaskCache(self.work_dir / "masks", fingerprint=self.fingerprint())
-            if not cache.is_complete():
-                self._cache_written = cache.build(sorted(index.rows), self._decode_ship_mask)
-            self._cache = cache
+            ships = {i.name: i.image for i in self.items() if i.mask is not None}
+            self._cache, self._cache_written = cache_rle_masks(self._load_index(), self.work_dir / "masks", ships, RLE_ORDER)
         return self._cache
 
     def prepare_dataset(self) -> list[str]:
         """Build the per-image mask cache (rank 0 only under DDP)."""
-        cache = self._mask_cache()
-        if self._cache_written:
-            return [f"mask cache {cache.directory}: wrote {self._cache_written} masks"]
-        return [f"mask cache {cache.directory} is up to date: nothing to do"]
-
-    def _decode_ship_mask(self, image_id: str) -> np.ndarray:
-        return self._load_index().decode(image_id, image_size(self.image_dir / image_id), RLE_ORDER)
+        return [self._mask_cache().describe(self._cache_written)]
 
     # ---------------------------------------------------------- split, sample
     def setup(self, stage: str | None = None) -> None:

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from segkit.data.cache import MaskCache, file_sha256
+from segkit.data.cache import MaskCache
 from segkit.data.datamodule import Item, Scan, SegmentationDataModule
-from segkit.data.io import image_size, read_mask
-from segkit.data.rle_csv import RleTable, read_rle_csv
+from segkit.data.io import read_mask
+from segkit.data.rle_csv import RleTable, cache_rle_masks, read_rle_csv
 
 __all__ = ["CarvanaDataModule", "car_id"]
 
@@ -129,25 +129,16 @@ class CarvanaDataModule(SegmentationDataModule):
 
     # ------------------------------------------------------------ preparation
     def _mask_cache(self) -> MaskCache:
+        """The mask cache decoded from the CSV, built or completed once per instance."""
         if self._cache is None:
-            items = self.items()
-            table = self._table_()
-            cache = MaskCache(self.work_dir / "masks", fingerprint=file_sha256(self.csv_path))
-            if not cache.is_complete():
-                paths = {i.name: i.image for i in items}
-                self._cache_written = cache.build(
-                    [i.name for i in items], lambda name: table.decode(name, image_size(paths[name]), RLE_ORDER)
-                )
-            self._cache = cache
+            images = {i.name: i.image for i in self.items()}
+            self._cache, self._cache_written = cache_rle_masks(self._table_(), self.work_dir / "masks", images, RLE_ORDER)
         return self._cache
 
     def prepare_dataset(self) -> list[str]:
         if self.mask_source == "gif":
             return []
-        cache = self._mask_cache()
-        if self._cache_written:
-            return [f"mask cache {cache.directory}: wrote {self._cache_written} masks from {self.csv_path}"]
-        return [f"mask cache {cache.directory} is up to date: nothing to do"]
+        return [self._mask_cache().describe(self._cache_written)]
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is None and self.mask_source == "csv":

@@ -67,6 +67,12 @@ class MaskCache:
     def _write_manifest(self, complete: bool, count: int) -> None:
         write_json_atomic(self.directory / MANIFEST, {"fingerprint": self.fingerprint, "complete": complete, "masks": count})
 
+    def describe(self, written: int) -> str:
+        """What the last :meth:`build` did, for ``segkit-prepare``."""
+        if written:
+            return f"mask cache {self.directory}: wrote {written} masks"
+        return f"mask cache {self.directory} is up to date: nothing to do"
+
     def is_complete(self) -> bool:
         manifest = self._manifest()
         return bool(manifest and manifest["fingerprint"] == self.fingerprint and manifest["complete"])

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from segkit.data.cache import MaskCache, file_sha256
+from segkit.data.io import image_size
 from segkit.data.rle import rle_decode_many
 
-__all__ = ["RleTable", "read_rle_csv"]
+__all__ = ["RleTable", "cache_rle_masks", "read_rle_csv"]
 
 
 @dataclass(frozen=True)
@@ -89,3 +92,18 @@ def read_rle_csv(path: str | os.PathLike, id_column: str, rle_column: str) -> Rl
 
 def _is_plain_file_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
+
+
+def cache_rle_masks(
+    table: RleTable, directory: Path, images: Mapping[str, Path], order: str
+) -> tuple[MaskCache, int]:
+    """Decode the masks of ``images`` (id → image file, whose header gives the shape) from
+    ``table`` into a PNG cache keyed by the CSV's hash; build or complete it if needed.
+
+    Returns the cache and how many masks were written now (0 when it was up to date).
+    """
+    cache = MaskCache(directory, fingerprint=file_sha256(table.path))
+    if cache.is_complete():
+        return cache, 0
+    written = cache.build(sorted(images), lambda key: table.decode(key, image_size(images[key]), order))
+    return cache, written
