@@ -2,8 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
+
+
+def segkit_command(name: str, *args: str) -> list[str]:
+    """The installed console script ``name`` (segkit-train, segkit-prepare) with ``args``."""
+    return [str(Path(sys.executable).with_name(name)), *args]
+
+
+def segkit_env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "0"}
+
+
+def run_segkit(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run a console script to completion, capturing its output."""
+    return subprocess.run(segkit_command(name, *args), cwd=cwd, env=segkit_env(), capture_output=True, text=True, timeout=600)
 
 
 def assert_samples(dataset, channels: int, shape: tuple[int, int], labels: set[int], n: int | None = None) -> None:

@@ -1,24 +1,19 @@
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from segkit.module import SegmentationModule
 from segkit.runtime import resolve_precision
+from tests.helpers import run_segkit
 
 TINY = ["data.num_images=16", "data.size=64", "data.image_size=64", "data.batch_size=4"]
 
 
 def segkit(command, *args, cwd):
-    exe = Path(sys.executable).with_name(command)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return run_segkit(command, *args, cwd=cwd)
 
 
 def segkit_train(*args, cwd):

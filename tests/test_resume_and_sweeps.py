@@ -1,30 +1,22 @@
 """Resume after SIGKILL, multirun summaries and Optuna, through the real CLI."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.helpers import run_segkit, segkit_command, segkit_env
+
 TINY = ["data.num_images=16", "data.size=64", "data.image_size=64", "data.batch_size=4", "data.num_workers=0"]
 DETERMINISTIC = ["trainer.precision=32-true", "trainer.deterministic=true", "logger=csv"]
 
 
-def command(*args):
-    return [str(Path(sys.executable).with_name("segkit-train")), *args]
-
-
-def env():
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "0"}
-
-
 def run(*args, cwd):
-    return subprocess.run(command(*args), cwd=cwd, env=env(), capture_output=True, text=True, timeout=600)
+    return run_segkit("segkit-train", *args, cwd=cwd)
 
 
 def checkpoint_epoch(path: Path) -> int | None:
@@ -36,7 +28,8 @@ def checkpoint_epoch(path: Path) -> int | None:
 
 def kill_after_checkpoint(args, checkpoint: Path, cwd: Path, epoch: int = 0) -> None:
     """Start a run, SIGKILL it as soon as ``checkpoint`` holds ``epoch``."""
-    process = subprocess.Popen(command(*args), cwd=cwd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(segkit_command("segkit-train", *args), cwd=cwd, env=segkit_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while checkpoint_epoch(checkpoint) != epoch:
         assert process.poll() is None, "the run ended before it could be killed"
