@@ -160,3 +160,13 @@ def test_synthetic_datamodule_reads_through_the_airbus_reader(tmp_path):
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (4, 3, 64, 64) and batch["mask"].max() <= 1
     assert dm.hparams["num_images"] == 20 and dm.hparams["image_size"] == 64
+
+
+def test_per_image_normalisation_of_uint8_trains():
+    # albumentations returns float64 for Normalize(normalization="image") of a uint8 image;
+    # to_sample must take it as normalised, not as raw integers
+    image = np.random.default_rng(0).integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+    out = build_pipeline(None, None, {"normalization": "image"})(image=image, mask=np.zeros((16, 16), np.uint8))
+    sample = to_sample(out["image"], out["mask"])
+    assert str(sample["image"].dtype) == "torch.float32"
+    assert abs(float(sample["image"].mean())) < 1e-3 and abs(float(sample["image"].std()) - 1) < 1e-2

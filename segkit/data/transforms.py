@@ -95,8 +95,10 @@ def build_pipeline(
 
 def to_sample(image: np.ndarray, mask: np.ndarray) -> dict[str, torch.Tensor]:
     """``(H, W, C)`` float image and ``(H, W)`` mask → ``{"image": C×H×W float32, "mask": H×W int64}``."""
-    if image.dtype != np.float32:
+    if np.issubdtype(image.dtype, np.integer):  # not normalised: scale the dtype's range to [0, 1]
         image = image.astype(np.float32) / float(np.iinfo(image.dtype).max)
+    elif image.dtype != np.float32:  # albumentations' per-image Normalize of uint8 returns float64
+        image = image.astype(np.float32)
     image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
     mask_t = torch.from_numpy(np.ascontiguousarray(mask)).long()
     return {"image": image_t, "mask": mask_t}
