@@ -148,6 +148,26 @@ class SegmentationModule(L.LightningModule):
         self.log_dict(scores)
         self.val_metrics.reset()
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store what prediction needs besides the weights (see :mod:`segkit.checkpoint`)."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        preprocessing: dict[str, Any] = {
+            "dataset": None, "in_channels": self.hparams.in_channels, "image_dtype": None,
+            "image_size": None, "pad_multiple": None, "normalize": None,
+        }
+        data = None
+        if datamodule is not None and hasattr(datamodule, "preprocessing"):
+            preprocessing.update(datamodule.preprocessing())
+            data = datamodule.data_config()
+        preprocessing.update(
+            size_multiple=self.net.size_multiple,
+            num_classes=self.hparams.num_classes,
+            class_names=list(self.val_metrics.class_names),
+            threshold=self.hparams.threshold,
+            ignore_index=self.hparams.ignore_index,
+        )
+        checkpoint["segkit"] = {"format": 1, "preprocessing": preprocessing, "data": data}
+
     def configure_optimizers(self) -> Any:
         optimizer = instantiate(dict(self.hparams.optimizer), params=self.parameters())
         scheduler_cfg = self.hparams.scheduler

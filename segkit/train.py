@@ -71,12 +71,16 @@ def resolve_loss_config(loss: dict[str, Any], num_classes: int, datamodule: Any 
 
 
 def build_module(cfg: DictConfig, datamodule: Any = None, **overrides: Any) -> SegmentationModule:
+    """The module ``cfg`` describes; class names default to the dataset's (``dice/ship``)."""
+    module_cfg = _container(cfg.module)
+    if module_cfg.get("class_names") is None and getattr(datamodule, "class_names", None) is not None:
+        module_cfg["class_names"] = list(datamodule.class_names)
     return SegmentationModule(
         model=_container(cfg.model),
         loss=resolve_loss_config(_container(cfg.loss), cfg.module.num_classes, datamodule),
         optimizer=_container(cfg.optimizer),
         scheduler=_container(cfg.get("scheduler")),
-        **{**_container(cfg.module), **overrides},
+        **{**module_cfg, **overrides},
     )
 
 

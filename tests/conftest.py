@@ -23,3 +23,18 @@ def realdata(subdir: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"real data sample {path} is absent (it ships in ../shared/realdata beside the repo)")
     return path
+
+
+TINY_TRAIN = ["data.num_images=16", "data.size=64", "data.image_size=64", "data.batch_size=4"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory of ``segkit-train`` on the synthetic data (two steps): its checkpoints
+    carry everything prediction, evaluation and export need."""
+    from tests.helpers import run_segkit
+
+    work = tmp_path_factory.mktemp("trained")
+    result = run_segkit("segkit-train", "trainer.fast_dev_run=2", f"hydra.run.dir={work / 'run'}", *TINY_TRAIN, cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work / "run"

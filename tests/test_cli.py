@@ -35,7 +35,7 @@ def test_fast_dev_run_writes_the_run_directory(fast_dev_run):
         assert (run_dir / path).is_file(), path
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("val/dice", "val/iou", "val/loss", "val/dice/foreground"):
+    for key in ("val/dice", "val/iou", "val/loss", "val/dice/ship"):
         assert key in metrics["best"] and key in metrics["final"]
     assert metrics["monitor"] == "val/dice"
     assert metrics["best_checkpoint"] == str(run_dir / "checkpoints" / "best.ckpt")

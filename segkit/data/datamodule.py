@@ -218,6 +218,27 @@ class SegmentationDataModule(L.LightningDataModule):
                 out[key] = stats[key]
         return out
 
+    def preprocessing(self) -> dict[str, Any]:
+        """What a model trained on this data needs to be applied to a new image: stored in
+        every checkpoint (``segkit.checkpoint``), so prediction does not need this module."""
+        size = self.image_size
+        if isinstance(size, int):
+            size = [size, size]
+        normalize = self.resolved_normalize()
+        return {
+            "dataset": self.kind,
+            "in_channels": self.in_channels,
+            "image_dtype": self.image_dtype,
+            "image_size": None if size is None else [int(size[0]), int(size[1])],
+            "pad_multiple": self.pad_multiple,
+            "normalize": None if normalize is None else dict(normalize),
+            "class_names": self.class_names,
+        }
+
+    def data_config(self) -> dict[str, Any]:
+        """This module's class and arguments (Hydra ``_target_`` form): rebuilds it for ``segkit-eval``."""
+        return {"_target_": f"{type(self).__module__}.{type(self).__qualname__}", **dict(self.hparams)}
+
     def make_dataset(self, items: Sequence[Item], augment: Mapping[str, Any] | None) -> ImageMaskDataset:
         fill = self.ignore_index if self.ignore_index is not None else 0
         return ImageMaskDataset(
@@ -227,6 +248,14 @@ class SegmentationDataModule(L.LightningDataModule):
             transform=build_pipeline(self.image_size, augment, self.resolved_normalize(), self.pad_multiple, fill),
             image_spec=ImageSpec(self.in_channels, self.image_dtype),
             mask_values=self.mask_values(),
+        )
+
+    def raw_dataset(self, items: Sequence[Item]) -> ImageMaskDataset:
+        """The items as stored (no resizing or normalisation): ``load(i)`` gives the raw
+        image and the mapped mask (checks, ``segkit-eval`` at the images' own resolution)."""
+        return ImageMaskDataset(
+            [i.name for i in items], [i.image for i in items], [i.mask for i in items],
+            transform=None, image_spec=ImageSpec(self.in_channels, self.image_dtype), mask_values=self.mask_values(),
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -249,10 +278,7 @@ class SegmentationDataModule(L.LightningDataModule):
         except (ValueError, FileNotFoundError) as err:
             return [str(err)]
         problems = list(scan.problems)
-        dataset = ImageMaskDataset(
-            [i.name for i in scan.items], [i.image for i in scan.items], [i.mask for i in scan.items],
-            transform=None, image_spec=ImageSpec(self.in_channels, self.image_dtype), mask_values=self.mask_values(),
-        )
+        dataset = self.raw_dataset(scan.items)
         from tqdm.auto import tqdm
 
         for index in tqdm(range(len(dataset)), desc=f"checking {self.kind}", unit="img"):
