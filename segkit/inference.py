@@ -4,20 +4,26 @@ Large images (a 4000x4000 DOTA scene) are cut into overlapping ``tile`` windows 
 of :mod:`segkit.data.tiling`: stride ``tile - overlap``, the last window flush with the
 border); windows go through the model in batches of ``batch_size``, and their outputs are
 accumulated with a weight that falls towards the window's edges (Gaussian or linear), then
-divided by the summed weights. Memory is bounded by one batch of windows plus two
-accumulators of the image's size, whatever the number of windows.
+divided by the summed weights. Rows are handed out as soon as no later window touches
+them, so memory holds one batch of windows and one band of ``tile`` rows, whatever the
+image height. Whole-image tensors are built only by the :func:`sliding_window_logits`
+convenience wrapper.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from segkit.data.tiling import patch_grid
+from segkit.data.tiling import axis_starts
 
-__all__ = ["TTA_TRANSFORMS", "blend_weight", "predict_with_tta", "sliding_window_logits"]
+__all__ = [
+    "TTA_TRANSFORMS", "WindowLayout", "blend_weight", "iter_blended_rows", "predict_with_tta",
+    "sliding_window_logits", "window_layout",
+]
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 _MIN_WEIGHT = 1e-3  # edge pixels keep a little weight, so every pixel is covered
@@ -46,6 +52,96 @@ def blend_weight(height: int, width: int, mode: str = "gaussian", sigma_scale: f
     return weight.clamp_min(_MIN_WEIGHT).float()
 
 
+@dataclass(frozen=True)
+class WindowLayout:
+    """Where the windows of a ``height x width`` image go.
+
+    Per axis: a side that fits in one window is padded up to the model's multiple and
+    covered by a single window of that size; a longer side gets ``tile``-sized windows
+    every ``tile - overlap`` pixels, the last one flush with the border (no padding).
+    """
+
+    height: int
+    width: int
+    window_h: int
+    window_w: int
+    ys: list[int]
+    xs: list[int]
+
+    @property
+    def padded_h(self) -> int:
+        return self.ys[-1] + self.window_h
+
+    @property
+    def padded_w(self) -> int:
+        return self.xs[-1] + self.window_w
+
+    @property
+    def n_windows(self) -> int:
+        return len(self.ys) * len(self.xs)
+
+
+def window_layout(height: int, width: int, tile: int, overlap: int, size_multiple: int = 1) -> WindowLayout:
+    """The :class:`WindowLayout` of an image; ``tile`` is rounded up to ``size_multiple``."""
+    tile = -(-tile // size_multiple) * size_multiple
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap must be in [0, tile {tile}), got {overlap}")
+
+    def axis(size: int) -> tuple[int, list[int]]:
+        if size <= tile:
+            return -(-size // size_multiple) * size_multiple, [0]
+        return tile, axis_starts(size, tile, overlap)
+
+    window_h, ys = axis(height)
+    window_w, xs = axis(width)
+    return WindowLayout(height, width, window_h, window_w, ys, xs)
+
+
+WindowFn = Callable[[list[tuple[int, int]], int, int], torch.Tensor]
+
+
+def iter_blended_rows(
+    layout: WindowLayout,
+    predict_windows: WindowFn,
+    batch_size: int = 4,
+    blend: str = "gaussian",
+    device: torch.device | str = "cpu",
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Blend window outputs and yield finished rows of the image, top to bottom.
+
+    ``predict_windows(corners, window_h, window_w)`` returns the ``(B, K, window_h,
+    window_w)`` outputs of the windows whose top-left corners are given (at most
+    ``batch_size`` of them). Yields ``(y0, y1, band)`` with ``band`` the blended ``(K, y1 -
+    y0, width)`` outputs of rows ``y0:y1``; the bands tile ``0:height``. Rows are final as
+    soon as no later window covers them, so memory holds one band of ``window_h`` rows
+    (``K x window_h x width`` floats) and one batch of windows, whatever the image height.
+    """
+    wh, ww = layout.window_h, layout.window_w
+    weight = blend_weight(wh, ww, blend).to(device)
+    summed: torch.Tensor | None = None
+    weights = torch.zeros(wh, layout.padded_w, device=device)
+    for row, y in enumerate(layout.ys):
+        for start in range(0, len(layout.xs), batch_size):
+            xs = layout.xs[start : start + batch_size]
+            outputs = predict_windows([(y, x) for x in xs], wh, ww).float()
+            if summed is None:
+                summed = torch.zeros(outputs.shape[1], wh, layout.padded_w, device=device)
+            for x, output in zip(xs, outputs):
+                summed[:, :, x : x + ww] += output * weight
+                weights[:, x : x + ww] += weight
+        assert summed is not None
+        last = row == len(layout.ys) - 1
+        done = layout.height - y if last else layout.ys[row + 1] - y
+        band = summed[:, :done, : layout.width] / weights[:done, : layout.width]
+        yield y, y + done, band
+        if not last:  # carry the rows the next windows still add to
+            carried_s, carried_w = summed[:, done:], weights[done:]
+            summed = torch.zeros_like(summed)
+            weights = torch.zeros_like(weights)
+            summed[:, : wh - done] = carried_s
+            weights[: wh - done] = carried_w
+
+
 @torch.no_grad()
 def sliding_window_logits(
     image: torch.Tensor,
@@ -61,35 +157,23 @@ def sliding_window_logits(
 
     Args:
         image: one image, already normalised, on the model's device.
-        model: ``(B, C, tile, tile) → (B, K, tile, tile)``.
+        model: ``(B, C, h, w) → (B, K, h, w)``.
         tile: window side; rounded up to ``size_multiple``.
         overlap: pixels shared by neighbouring windows (``< tile``).
         batch_size: windows per model call (bounds memory).
         blend: ``gaussian``, ``linear`` or ``constant`` weighting of overlaps.
-        size_multiple: the model's size multiple; images smaller than a window are padded.
-        pad_value: value of the padding of small images (in normalised units).
+        size_multiple: the model's size multiple; sides shorter than a window are padded to it.
+        pad_value: value of that padding (in normalised units).
     """
-    channels, height, width = image.shape
-    tile = -(-tile // size_multiple) * size_multiple
-    pad_h, pad_w = max(tile - height, 0), max(tile - width, 0)
-    if pad_h or pad_w:
-        image = F.pad(image, (0, pad_w, 0, pad_h), value=pad_value)
-    full_h, full_w = image.shape[1:]
-    weight = blend_weight(tile, tile, blend).to(image.device)
-    grid = patch_grid(full_h, full_w, tile, overlap)
-    summed: torch.Tensor | None = None
-    weights = torch.zeros(full_h, full_w, device=image.device)
-    for start in range(0, len(grid), batch_size):
-        corners = grid[start : start + batch_size]
-        windows = torch.stack([image[:, y : y + tile, x : x + tile] for y, x in corners])
-        outputs = model(windows).float()
-        if summed is None:
-            summed = torch.zeros(outputs.shape[1], full_h, full_w, device=image.device)
-        for (y, x), output in zip(corners, outputs):
-            summed[:, y : y + tile, x : x + tile] += output * weight
-            weights[y : y + tile, x : x + tile] += weight
-    assert summed is not None
-    return (summed / weights)[:, :height, :width]
+    _, height, width = image.shape
+    layout = window_layout(height, width, tile, overlap, size_multiple)
+    image = F.pad(image, (0, layout.padded_w - width, 0, layout.padded_h - height), value=pad_value)
+
+    def windows(corners: list[tuple[int, int]], wh: int, ww: int) -> torch.Tensor:
+        return model(torch.stack([image[:, y : y + wh, x : x + ww] for y, x in corners]))
+
+    bands = [band for _, _, band in iter_blended_rows(layout, windows, batch_size, blend, image.device)]
+    return torch.cat(bands, dim=1)
 
 
 def _rot90(k: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
@@ -107,8 +191,9 @@ TTA_TRANSFORMS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], Callable
 
 def predict_with_tta(model: Model, images: torch.Tensor, transforms: Sequence[str] = ()) -> torch.Tensor:
     """Mean of the model's outputs over the identity and each named transform, each output
-    mapped back to the original orientation. ``images``: ``(B, C, H, W)``; 90° rotations
-    need square inputs."""
+    mapped back to the original orientation. ``images``: ``(B, C, H, W)``; a 90° rotation
+    of a non-square batch gives the model a ``W x H`` input (both sides must then be
+    multiples of the model's size multiple, as they are after :func:`window_layout`)."""
     unknown = [t for t in transforms if t not in TTA_TRANSFORMS]
     if unknown:
         raise ValueError(f"unknown TTA transform(s) {unknown}; available: {', '.join(TTA_TRANSFORMS)}")

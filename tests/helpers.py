@@ -52,3 +52,26 @@ def assert_augmentation_keeps_alignment(datamodule, tolerance: float = 0.02, rou
         drawn = out["image"][..., 0].astype(np.float64) > top / 2
         assert np.mean(drawn != (out["mask"] > 0)) <= tolerance
         assert out["mask"].any()
+
+
+def compose_config(name: str, overrides: list[str]):
+    """The composed Hydra config ``name`` (train, predict, eval, export) with ``overrides``."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="segkit.conf", version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+def conv1x1_module(channels: int = 3, classes: int = 1, seed: int = 0, **hparams):
+    """A SegmentationModule whose network is one 1x1 convolution: translation-, flip- and
+    rotation-equivariant, so any tiling or TTA must reproduce its whole-image output."""
+    from segkit.models import SegmentationNet
+    from segkit.module import SegmentationModule
+
+    module = SegmentationModule(
+        model={"name": "segnet"}, loss={"name": "dice"}, optimizer={"_target_": "torch.optim.SGD", "lr": 0.1},
+        num_classes=classes, in_channels=channels, channels_last=False, **hparams,
+    )
+    torch.manual_seed(seed)
+    module.net = SegmentationNet(torch.nn.Conv2d(channels, max(classes, 1), kernel_size=1), size_multiple=1, name="conv1x1")
+    return module.eval()

@@ -1,0 +1,273 @@
+"""Applying a trained model to whole images of any size, exactly as it saw them in training.
+
+:class:`Preprocessing` reproduces the training pipeline's deterministic part (resize, pad,
+``albumentations.Normalize``) from the checkpoint; :class:`Predictor` runs the model over
+an image — one window when it fits, blended sliding windows when it does not — with
+optional TTA and mixed precision, and returns class probabilities and labels at the
+image's own resolution.
+
+Normalisation is applied per window as one affine map per channel, ``(x - offset) *
+scale``: per-image statistics (``normalization: image`` / ``min_max`` ...) are taken over
+the whole (resized, padded) image first, as training took them, so a window is
+normalised as the whole image would have been.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from segkit.inference import TTA_TRANSFORMS, iter_blended_rows, predict_with_tta, window_layout
+from segkit.module import SegmentationModule
+
+__all__ = ["Prediction", "Predictor", "Preprocessing", "autocast_dtype"]
+
+_EPS = 1e-4  # albucore's
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The deterministic part of training's pipeline (see ``segkit.data.transforms.build_pipeline``).
+
+    Args:
+        in_channels: channels the model takes.
+        image_dtype: ``"uint8"``/``"uint16"`` the training images had (``None``: any).
+        image_size: ``(height, width)`` training resized to, or ``None`` (native size).
+        pad_multiple: training padded bottom/right with zeros to this multiple (``None``: no padding).
+        size_multiple: the model's input size multiple.
+        normalize: ``albumentations.Normalize`` arguments, or ``None`` (divide by the dtype's maximum).
+    """
+
+    in_channels: int
+    image_dtype: str | None
+    image_size: tuple[int, int] | None
+    pad_multiple: int | None
+    size_multiple: int
+    normalize: Mapping[str, Any] | None
+
+    @classmethod
+    def from_checkpoint(cls, spec: Mapping[str, Any]) -> Preprocessing:
+        size = spec.get("image_size")
+        return cls(
+            in_channels=int(spec["in_channels"]),
+            image_dtype=spec.get("image_dtype"),
+            image_size=None if size is None else (int(size[0]), int(size[1])),
+            pad_multiple=spec.get("pad_multiple"),
+            size_multiple=int(spec.get("size_multiple") or 1),
+            normalize=spec.get("normalize"),
+        )
+
+    def check(self, image: np.ndarray, path: str | Path) -> None:
+        """Raise ``ValueError`` naming ``path`` when the image cannot be what the model saw."""
+        if image.ndim != 3 or image.shape[2] != self.in_channels:
+            channels = 1 if image.ndim == 2 else image.shape[2]
+            hint = " (drop the alpha channel)" if channels == 4 and self.in_channels == 3 else ""
+            raise ValueError(f"{path}: image has {channels} channel(s), the model expects {self.in_channels}{hint}")
+        if self.image_dtype is not None and image.dtype != np.dtype(self.image_dtype):
+            raise ValueError(
+                f"{path}: image is {image.dtype}, the model was trained on {self.image_dtype} images "
+                "(its normalisation assumes that range)"
+            )
+        if image.dtype not in (np.uint8, np.uint16, np.float32):
+            raise ValueError(f"{path}: unsupported image dtype {image.dtype} (uint8, uint16 or float32)")
+
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """Resize to ``image_size`` as ``albumentations.Resize`` does (bilinear); unchanged when ``None``."""
+        if self.image_size is None or image.shape[:2] == self.image_size:
+            return image
+        height, width = self.image_size
+        resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+        return resized[:, :, None] if resized.ndim == 2 else resized
+
+    def affine(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, float | None]:
+        """``(offset, scale, clip)`` per channel: the normalised image is
+        ``clip((image - offset) * scale)`` — equal to training's ``Normalize`` on this image."""
+        channels = image.shape[2]
+        if self.normalize is None:  # segkit.data.transforms.to_sample
+            peak = 1.0 if image.dtype == np.float32 else float(np.iinfo(image.dtype).max)
+            return np.zeros(channels, np.float32), np.full(channels, 1 / peak, np.float32), None
+        import albumentations as A
+
+        norm = A.Normalize(**dict(self.normalize))
+        mode = norm.normalization
+        if mode == "standard":
+            return (np.broadcast_to(np.asarray(norm.mean_np, np.float32), channels).copy(),
+                    np.broadcast_to(np.asarray(norm.denominator, np.float32), channels).copy(), None)
+        stats = self._padded(image).astype(np.float32, copy=False)
+        per_channel = mode.endswith("per_channel") and channels > 1
+        axes = (0, 1) if per_channel else None
+        lut = image.dtype == np.uint8  # albucore's uint8 path adds eps where its OpenCV path does not
+        if mode in ("image", "image_per_channel"):
+            mean = np.broadcast_to(stats.mean(axis=axes), channels)
+            std = np.broadcast_to(stats.std(axis=axes), channels)
+            eps = _EPS if (lut or not per_channel) else 0.0
+            return mean.astype(np.float32), (1 / (std + eps)).astype(np.float32), 20.0
+        if mode in ("min_max", "min_max_per_channel"):
+            low = np.broadcast_to(stats.min(axis=axes), channels)
+            high = np.broadcast_to(stats.max(axis=axes), channels)
+            span = high - low
+            eps = _EPS if (lut or per_channel) else 0.0
+            scale = np.where(span + eps > 0, 1 / np.maximum(span + eps, 1e-12), 0.0)
+            return low.astype(np.float32), scale.astype(np.float32), 20.0
+        raise ValueError(f"unknown normalization {mode!r} in the checkpoint's preprocessing")
+
+    def _padded(self, image: np.ndarray) -> np.ndarray:
+        """The image as training's ``PadIfNeeded`` left it (its zeros count in per-image statistics)."""
+        if not self.pad_multiple:
+            return image
+        m = self.pad_multiple
+        pad_h, pad_w = -image.shape[0] % m, -image.shape[1] % m
+        if not (pad_h or pad_w):
+            return image
+        return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)))
+
+
+@dataclass
+class Prediction:
+    """One image's prediction at its own resolution.
+
+    ``labels``: ``(H, W)`` uint8 class indices (binary: 0/1). ``probabilities``: ``(K, H, W)``
+    float32 (sigmoid for binary, ``K = 1``; softmax otherwise), or ``None`` when not kept.
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a Lightning precision string on ``device`` (``None``: full precision)."""
+    precision = str(precision)
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    if precision in ("32", "32-true", "64", "64-true"):
+        return None
+    raise ValueError(f"precision must be 32-true, 16-mixed or bf16-mixed (or auto), got {precision!r}")
+
+
+class Predictor:
+    """Predicts whole images with a trained :class:`SegmentationModule`.
+
+    Args:
+        module: the trained module (its hyperparameters give classes and threshold).
+        preprocessing: how training prepared images.
+        device: ``torch.device`` to run on.
+        precision: ``32-true``, ``16-mixed`` (fp16 autocast on CUDA), ``bf16-mixed``.
+        tile: window side for images larger than it (rounded up to the model's multiple).
+        overlap: pixels shared by neighbouring windows.
+        batch_size: windows per forward pass (bounds memory).
+        blend: ``gaussian``, ``linear`` or ``constant`` weighting of overlapping windows.
+        tta: names from :data:`segkit.inference.TTA_TRANSFORMS`; probabilities are averaged.
+        threshold: binary decision threshold (default: the checkpoint's).
+    """
+
+    def __init__(
+        self,
+        module: SegmentationModule,
+        preprocessing: Preprocessing,
+        device: torch.device | str = "cpu",
+        precision: str = "32-true",
+        tile: int = 1024,
+        overlap: int = 256,
+        batch_size: int = 4,
+        blend: str = "gaussian",
+        tta: Sequence[str] = (),
+        threshold: float | None = None,
+    ) -> None:
+        unknown = [t for t in tta if t not in TTA_TRANSFORMS]
+        if unknown:
+            raise ValueError(f"unknown TTA transform(s) {unknown}; available: {', '.join(TTA_TRANSFORMS)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.module = module.to(self.device).eval()
+        self.preprocessing = preprocessing
+        self.precision = str(precision)
+        self.autocast = autocast_dtype(self.precision, self.device)
+        self.tile, self.overlap, self.batch_size, self.blend = tile, overlap, batch_size, blend
+        self.tta = list(tta)
+        self.num_classes = int(module.hparams.num_classes)
+        self.threshold = float(module.hparams.threshold if threshold is None else threshold)
+        window_layout(self.tile, self.tile, tile, overlap, preprocessing.size_multiple)  # validates tile/overlap
+        self.windows_run = 0  # a count, for tests and benchmarks
+
+    # ----------------------------------------------------------------- model
+    def _activate(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        context = (
+            torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None else contextlib.nullcontext()
+        )
+        with context:
+            return self._activate(self.module(batch))
+
+    def probabilities_of_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        """``(B, C, h, w)`` normalised images (sides multiples of the model's) → ``(B, K, h, w)`` probabilities."""
+        with torch.no_grad():
+            self.windows_run += batch.shape[0]
+            return predict_with_tta(self._forward, batch.to(self.device), self.tta)
+
+    # ----------------------------------------------------------------- image
+    def iter_rows(self, image: np.ndarray) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """Probabilities of a ``(H, W, C)`` image (training resolution, already resized),
+        band by band: ``(y0, y1, (K, y1 - y0, W) float32 tensor on the device)``."""
+        prep = self.preprocessing
+        offset, scale, clip = prep.affine(image)
+        offset_t = torch.from_numpy(offset).to(self.device)
+        scale_t = torch.from_numpy(scale).to(self.device)
+        layout = window_layout(image.shape[0], image.shape[1], self.tile, self.overlap, prep.size_multiple)
+        pad_h, pad_w = layout.padded_h - image.shape[0], layout.padded_w - image.shape[1]
+        if pad_h or pad_w:  # zeros before normalisation, as training's PadIfNeeded
+            image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)))
+
+        def windows(corners: list[tuple[int, int]], wh: int, ww: int) -> torch.Tensor:
+            raw = np.stack([image[y : y + wh, x : x + ww] for y, x in corners])
+            tensor = torch.from_numpy(raw if raw.dtype == np.uint8 else raw.astype(np.float32)).to(self.device)
+            tensor = (tensor.float() - offset_t) * scale_t
+            if clip is not None:
+                tensor = tensor.clamp_(-clip, clip)
+            return self.probabilities_of_batch(tensor.permute(0, 3, 1, 2))
+
+        with torch.no_grad():
+            yield from iter_blended_rows(layout, windows, self.batch_size, self.blend, self.device)
+
+    def predict(self, image: np.ndarray, keep_probabilities: bool = False, probabilities_out: np.ndarray | None = None) -> Prediction:
+        """Labels (and optionally probabilities) of one ``(H, W, C)`` image at its own resolution.
+
+        ``probabilities_out``: a ``(K, H, W)`` array (e.g. a ``numpy.memmap``) to write the
+        probabilities into band by band instead of keeping them in memory.
+        """
+        height, width = image.shape[:2]
+        labels = np.empty((height, width), dtype=np.uint8 if max(self.num_classes, 2) <= 256 else np.int32)
+        keep = keep_probabilities and probabilities_out is None
+        kept = np.empty((max(self.num_classes, 1), height, width), np.float32) if keep else None
+        resized = self.preprocessing.resize(image)
+        if resized.shape[:2] == (height, width):
+            bands = self.iter_rows(resized)
+        else:  # trained on resized images: predict at that size, scale the probabilities back
+            small = torch.cat([band for _, _, band in self.iter_rows(resized)], dim=1)
+            full = F.interpolate(small[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+            bands = iter([(0, height, full)])
+        for y0, y1, band in bands:
+            labels[y0:y1] = self._labels(band).cpu().numpy()
+            if kept is not None:
+                kept[:, y0:y1] = band.cpu().numpy()
+            if probabilities_out is not None:
+                probabilities_out[:, y0:y1] = band.cpu().numpy()
+        return Prediction(labels, kept)
+
+    def _labels(self, probabilities: torch.Tensor) -> torch.Tensor:
+        if probabilities.shape[0] == 1:
+            return (probabilities[0] > self.threshold).to(torch.uint8)
+        return probabilities.argmax(dim=0).to(torch.uint8 if probabilities.shape[0] <= 256 else torch.int32)
