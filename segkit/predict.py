@@ -1,0 +1,250 @@
+"""``segkit-predict``: masks (and Kaggle submissions) for new images from a checkpoint alone.
+
+Writes into ``output``::
+
+    masks/<stem>.png            class indices (binary: 0 / binary_value); .tif for TIFF sources
+    probabilities/<stem>.npy    (K, H, W) float16, when save_probabilities
+    overlays/<stem>.png         the image with the predicted classes drawn in, when save_overlays
+    submission.csv              format=airbus | carvana, validated by decoding it back
+    predict.json                what ran: checkpoint, settings, counts, time
+
+Nothing that exists is overwritten unless ``overwrite=true``; every file is written under a
+temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import logging
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from segkit.checkpoint import LoadedCheckpoint, load_checkpoint
+from segkit.data.io import read_image, write_bytes_atomic, write_json_atomic, write_png_atomic
+from segkit.predictor import Predictor, Preprocessing
+from segkit.submission import FORMATS, SubmissionWriter
+
+__all__ = ["IMAGE_SUFFIXES", "build_predictor", "collect_inputs", "refuse_overwrite", "run_predict"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif")
+
+
+def collect_inputs(spec: str, recursive: bool = False) -> list[Path]:
+    """The image files ``spec`` names: one file, a folder's images, or a glob pattern.
+
+    Raises ``FileNotFoundError`` when it names nothing, ``ValueError`` when two images
+    would write the same output name (same stem).
+    """
+    path = Path(spec)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        pattern = "**/*" if recursive else "*"
+        files = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"input={spec}: the folder holds no images ({' '.join(IMAGE_SUFFIXES)})")
+    elif any(c in spec for c in "*?["):
+        files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"input={spec}: the pattern matches no images ({' '.join(IMAGE_SUFFIXES)})")
+    else:
+        raise FileNotFoundError(f"input={spec}: no such file or folder")
+    seen: dict[str, Path] = {}
+    for file in files:
+        if file.stem in seen:
+            raise ValueError(f"input={spec}: {seen[file.stem]} and {file} would write the same outputs ({file.stem})")
+        seen[file.stem] = file
+    return files
+
+
+def refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
+    """Raise ``FileExistsError`` listing the outputs that exist, unless ``overwrite``."""
+    existing = [p for p in paths if p.exists()]
+    if existing and not overwrite:
+        shown = "\n  ".join(map(str, existing[:5]))
+        more = f"\n  ... and {len(existing) - 5} more" if len(existing) > 5 else ""
+        raise FileExistsError(
+            f"{len(existing)} output file(s) exist already:\n  {shown}{more}\n"
+            "choose another output folder, or pass overwrite=true to replace them"
+        )
+
+
+def resolve_device(device: str) -> Any:
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device}: CUDA is not available on this machine (device=cpu or auto)")
+    return torch.device(device)
+
+
+def build_predictor(loaded: LoadedCheckpoint, cfg: DictConfig) -> Predictor:
+    """A :class:`Predictor` with the inference settings of ``cfg`` (``conf/inference``)."""
+    from segkit.runtime import resolve_precision
+
+    device = resolve_device(str(cfg.device))
+    precision = resolve_precision(cfg.precision, "gpu" if device.type == "cuda" else "cpu")
+    return Predictor(
+        loaded.module,
+        Preprocessing.from_checkpoint(loaded.preprocessing),
+        device=device,
+        precision=precision,
+        tile=int(cfg.tile),
+        overlap=int(cfg.overlap),
+        batch_size=int(cfg.batch_size),
+        blend=str(cfg.blend),
+        tta=list(cfg.tta or []),
+        threshold=cfg.get("threshold"),
+    )
+
+
+def check_headers(files: list[Path], preprocessing: Preprocessing) -> None:
+    """Read every image's header (not its pixels) and raise listing each file whose channel
+    count the model cannot take — before any time is spent predicting."""
+    from PIL import Image
+
+    problems = []
+    for file in files:
+        try:
+            with Image.open(file) as im:
+                channels = len(im.getbands())
+        except Exception:  # noqa: BLE001 — formats PIL cannot open are checked when read
+            continue
+        if channels != preprocessing.in_channels:
+            problems.append(f"{file}: image has {channels} channel(s), the model expects {preprocessing.in_channels}")
+    if problems:
+        raise ValueError(f"{len(problems)} input image(s) do not fit the model:\n  " + "\n  ".join(problems[:20]))
+
+
+def iter_images(files: list[Path], readers: int) -> Iterator[tuple[Path, np.ndarray]]:
+    """Decode images in ``readers`` threads (OpenCV and tifffile release the GIL), in order."""
+    if readers <= 0:
+        for file in files:
+            yield file, read_image(file)
+        return
+    with ThreadPoolExecutor(max_workers=readers) as pool:
+        pending = [pool.submit(read_image, f) for f in files[: readers + 1]]
+        for i, file in enumerate(files):
+            image = pending[i].result()
+            pending[i] = None  # free it
+            if i + readers + 1 < len(files):
+                pending.append(pool.submit(read_image, files[i + readers + 1]))
+            yield file, image
+
+
+def _mask_bytes(labels: np.ndarray, tiff: bool) -> bytes:
+    if tiff:
+        import tifffile
+
+        buffer = io.BytesIO()
+        tifffile.imwrite(buffer, labels, compression="zlib")
+        return buffer.getvalue()
+    import cv2
+
+    ok, encoded = cv2.imencode(".png", labels)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a mask of shape {labels.shape}")
+    return encoded.tobytes()
+
+
+def _write_probabilities(path: Path, predictor: Predictor, image: np.ndarray) -> np.ndarray:
+    """Predict with the probabilities streamed into a float16 ``.npy`` (memory-mapped, renamed when complete)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = (max(predictor.num_classes, 1), *image.shape[:2])
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+    labels = predictor.predict(image, probabilities_out=out).labels
+    out.flush()
+    del out
+    os.replace(tmp, path)
+    return labels
+
+
+def planned_outputs(files: list[Path], output: Path, cfg: DictConfig) -> dict[str, list[Path]]:
+    """Every file this run will write, by kind."""
+    plan: dict[str, list[Path]] = {"summary": [output / "predict.json"]}
+    if cfg.save_masks:
+        plan["masks"] = [output / "masks" / (f.stem + (".tif" if f.suffix.lower() in (".tif", ".tiff") else ".png")) for f in files]
+    if cfg.save_probabilities:
+        plan["probabilities"] = [output / "probabilities" / f"{f.stem}.npy" for f in files]
+    if cfg.save_overlays:
+        plan["overlays"] = [output / "overlays" / f"{f.stem}.png" for f in files]
+    if cfg.format != "masks":
+        plan["submission"] = [output / "submission.csv"]
+    return plan
+
+
+def run_predict(cfg: DictConfig) -> dict[str, Any]:
+    """Predict every input image; returns the content of ``predict.json``."""
+    from tqdm.auto import tqdm
+
+    from segkit.visualize import overlay
+
+    started = time.perf_counter()
+    fmt = str(cfg.format)
+    if fmt != "masks" and fmt not in FORMATS:
+        raise ValueError(f"format={fmt}: choose masks, {', '.join(FORMATS)}")
+    with_masks = cfg.save_masks if cfg.save_masks is not None else fmt == "masks"
+    cfg = OmegaConf.merge(cfg, {"save_masks": bool(with_masks)})
+    loaded = load_checkpoint(cfg.ckpt)
+    if fmt in FORMATS and loaded.num_classes > 2:
+        raise ValueError(f"format={fmt} needs a binary model (num_classes 1 or 2); {cfg.ckpt} has {loaded.num_classes} classes")
+    files = collect_inputs(str(cfg.input), bool(cfg.recursive))
+    output = Path(str(cfg.output))
+    plan = planned_outputs(files, output, cfg)
+    refuse_overwrite([p for paths in plan.values() for p in paths], bool(cfg.overwrite))
+    predictor = build_predictor(loaded, cfg)
+    check_headers(files, predictor.preprocessing)
+    submission = (
+        SubmissionWriter(fmt, output / "submission.csv", int(cfg.submission.min_size), int(cfg.submission.connectivity))
+        if fmt in FORMATS else None
+    )
+    binary = loaded.num_classes == 1
+    log.info("predicting %d image(s) with %s on %s (precision %s, tile %d, TTA %s)", len(files), cfg.ckpt,
+             predictor.device, cfg.precision, predictor.tile, predictor.tta or "none")
+    pixels = 0
+    for i, (file, image) in enumerate(tqdm(iter_images(files, int(cfg.readers)), total=len(files), unit="img", desc="predict")):
+        predictor.preprocessing.check(image, file)
+        if cfg.save_probabilities:
+            labels = _write_probabilities(plan["probabilities"][i], predictor, image)
+        else:
+            labels = predictor.predict(image).labels
+        pixels += labels.size
+        if submission is not None:
+            submission.add(file.name, labels > 0)
+        if with_masks:
+            mask_path = plan["masks"][i]
+            values = labels * np.uint8(cfg.binary_value) if binary else labels
+            write_bytes_atomic(mask_path, _mask_bytes(values, mask_path.suffix == ".tif"))
+        if cfg.save_overlays:
+            drawn = overlay(image, labels, max(loaded.num_classes, 2))
+            write_png_atomic(plan["overlays"][i], drawn[:, :, ::-1])
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    summary: dict[str, Any] = {
+        "checkpoint": str(cfg.ckpt),
+        "input": str(cfg.input),
+        "images": len(files),
+        "megapixels": round(pixels / 1e6, 3),
+        "windows": predictor.windows_run,
+        "device": str(predictor.device),
+        "settings": {k: settings[k] for k in ("precision", "tile", "overlap", "blend", "batch_size", "tta", "threshold", "format")},
+        "outputs": {kind: len(paths) for kind, paths in plan.items()},
+    }
+    if submission is not None:
+        summary["submission"] = {"path": str(submission.path), **submission.close()}
+        log.info("%s submission: %s (%d rows, decoded back and checked)", fmt, submission.path, summary["submission"]["rows"])
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    write_json_atomic(output / "predict.json", summary)
+    log.info("wrote %s", ", ".join(f"{n} {kind}" for kind, n in summary["outputs"].items()))
+    return summary

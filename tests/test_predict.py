@@ -1,0 +1,192 @@
+"""segkit-predict end to end: a checkpoint alone, masks/overlays/probabilities/submissions, bad input."""
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import torch
+
+from segkit.checkpoint import load_checkpoint
+from segkit.data.io import read_image, read_mask
+from segkit.inference import window_layout
+from segkit.predict import collect_inputs, run_predict
+from tests.fixtures.reference import naive_rle_decode
+from tests.helpers import compose_config, run_segkit
+
+
+@pytest.fixture(scope="module")
+def ckpt(trained_run):
+    return trained_run / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory, ckpt):
+    """Six inputs of three sizes (one larger than the tile used below), one of them a TIFF."""
+    folder = tmp_path_factory.mktemp("inputs")
+    data_root = Path(load_checkpoint(ckpt).data["root"])
+    sources = sorted(data_root.glob("train_v2/*.jpg"))[:4]  # 64x64 synthetic JPEGs
+    for source in sources:
+        (folder / source.name).write_bytes(source.read_bytes())
+    big = np.random.default_rng(0).integers(0, 256, size=(300, 200, 3), dtype=np.uint8)
+    cv2.imwrite(str(folder / "big.png"), big)
+    tifffile.imwrite(folder / "scene.tif", big[:90, :70])
+    return folder
+
+
+def predict(ckpt, input_, output, *overrides):
+    cfg = compose_config("predict", [f"ckpt={ckpt}", f"input={input_}", f"output={output}", "precision=32-true", *overrides])
+    return run_predict(cfg)
+
+
+def test_the_checkpoint_alone_rebuilds_model_and_preprocessing(ckpt):
+    loaded = load_checkpoint(ckpt)
+    prep = loaded.preprocessing
+    assert prep["image_size"] == [64, 64] and prep["in_channels"] == 3 and prep["size_multiple"] == 32
+    assert prep["normalize"]["mean"] == [0.485, 0.456, 0.406] and prep["class_names"] == ["background", "ship"]
+    assert loaded.data["_target_"] == "datamodules.synthetic.SyntheticDataModule"
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert torch.equal(loaded.module.state_dict()["net.net.segmentation_head.0.weight"], raw["state_dict"]["net.net.segmentation_head.0.weight"])
+
+
+def test_masks_overlays_and_probabilities(ckpt, images, tmp_path):
+    out = tmp_path / "out"
+    summary = predict(ckpt, images, out, "save_overlays=true", "save_probabilities=true", "tile=128", "overlap=32", "binary_value=255")
+    names = sorted(p.stem for p in images.iterdir())
+    assert sorted(p.stem for p in (out / "masks").iterdir()) == names
+    assert (out / "masks" / "scene.tif").is_file()  # TIFF in, TIFF out
+    for path in images.iterdir():
+        image = read_image(path)
+        mask_path = out / "masks" / (path.stem + (".tif" if path.suffix == ".tif" else ".png"))
+        mask = read_mask(mask_path)
+        assert mask.shape == image.shape[:2] and mask.dtype == np.uint8
+        assert set(np.unique(mask).tolist()) <= {0, 255}
+        probs = np.load(out / "probabilities" / f"{path.stem}.npy")
+        assert probs.shape == (1, *image.shape[:2]) and probs.dtype == np.float16
+        disagree = (mask == 255) != (probs[0] > 0.5)
+        assert (np.abs(probs[0][disagree].astype(np.float32) - 0.5) <= 1e-3).all()  # float16 rounding only
+        overlay = cv2.imread(str(out / "overlays" / f"{path.stem}.png"))
+        assert overlay.shape == (*image.shape[:2], 3)
+    assert summary["images"] == 6 and summary["outputs"]["masks"] == 6
+    assert summary["windows"] == 6  # trained on 64x64: every image is resized to one 64x64 window
+    assert json.loads((out / "predict.json").read_text())["settings"]["tile"] == 128
+    assert not [p for p in out.rglob("*.tmp")]
+
+
+def test_a_native_resolution_model_tiles_large_images(ckpt, images, tmp_path):
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    checkpoint["segkit"]["preprocessing"]["image_size"] = None  # as if trained on native-size images
+    native = tmp_path / "native.ckpt"
+    torch.save(checkpoint, native)
+    summary = predict(native, images / "big.png", tmp_path / "out", "tile=128", "overlap=32", "batch_size=2")
+    assert summary["windows"] == window_layout(300, 200, 128, 32, 32).n_windows == 6
+    assert read_mask(tmp_path / "out" / "masks" / "big.png").shape == (300, 200)
+    whole = predict(native, images / "big.png", tmp_path / "whole", "tile=512")
+    assert whole["windows"] == 1  # 300x200 padded to 320x224, one window
+
+
+def test_outputs_are_never_overwritten_without_overwrite(ckpt, images, tmp_path):
+    out = tmp_path / "out"
+    (out / "masks").mkdir(parents=True)
+    mine = out / "masks" / "big.png"
+    mine.write_bytes(b"the user's own file")
+    with pytest.raises(FileExistsError, match="big.png") as err:
+        predict(ckpt, images, out)
+    assert "overwrite=true" in str(err.value)
+    assert mine.read_bytes() == b"the user's own file"
+    assert not (out / "predict.json").exists()
+    predict(ckpt, images, out, "overwrite=true")
+    assert read_mask(mine).shape == (300, 200)
+
+
+def test_airbus_submission_decodes_to_the_written_masks(ckpt, images, tmp_path):
+    out = tmp_path / "sub"
+    summary = predict(ckpt, images, out, "format=airbus", "save_masks=true", "threshold=0.45")
+    frame = pd.read_csv(out / "submission.csv", dtype=str, keep_default_na=False)
+    assert list(frame.columns) == ["ImageId", "EncodedPixels"]
+    assert set(frame.ImageId) == {p.name for p in images.iterdir()}
+    assert summary["submission"]["rows"] == len(frame)
+    for image_id, group in frame.groupby("ImageId"):
+        stem = image_id.rsplit(".", 1)[0]
+        mask_path = next((out / "masks").glob(f"{stem}.*"))
+        mask = read_mask(mask_path) > 0
+        union = np.zeros_like(mask)
+        for rle in group.EncodedPixels:
+            if rle:
+                union |= naive_rle_decode(rle, mask.shape, "F").astype(bool)
+        np.testing.assert_array_equal(union, mask)
+        if not mask.any():
+            assert len(group) == 1 and group.EncodedPixels.item() == ""
+
+
+def test_carvana_submission(ckpt, images, tmp_path):
+    out = tmp_path / "sub"
+    predict(ckpt, images, out, "format=carvana", "save_masks=true")
+    frame = pd.read_csv(out / "submission.csv", dtype=str, keep_default_na=False)
+    assert list(frame.columns) == ["img", "rle_mask"] and len(frame) == 6
+    for img, rle in zip(frame.img, frame.rle_mask):
+        mask = read_mask(next((out / "masks").glob(img.rsplit(".", 1)[0] + ".*"))) > 0
+        np.testing.assert_array_equal(naive_rle_decode(rle, mask.shape, "C").astype(bool) if rle else np.zeros_like(mask), mask)
+
+
+def test_inputs_file_folder_glob(images, tmp_path):
+    assert collect_inputs(str(images / "big.png")) == [images / "big.png"]
+    assert len(collect_inputs(str(images))) == 6
+    assert [p.name for p in collect_inputs(str(images / "*.tif"))] == ["scene.tif"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no images"):
+        collect_inputs(str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        collect_inputs(str(tmp_path / "nothing"))
+    (tmp_path / "two").mkdir()
+    for name in ("a.png", "a.jpg"):
+        cv2.imwrite(str(tmp_path / "two" / name), np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="would write the same outputs"):
+        collect_inputs(str(tmp_path / "two"))
+
+
+def test_an_image_of_the_wrong_channel_count_is_named_before_predicting(ckpt, tmp_path):
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "ok.png"), np.zeros((64, 64, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "in" / "grey.png"), np.zeros((64, 64), np.uint8))
+    with pytest.raises(ValueError, match=r"grey.png: image has 1 channel\(s\), the model expects 3"):
+        predict(ckpt, tmp_path / "in", tmp_path / "out")
+    assert not (tmp_path / "out" / "masks").exists()
+
+
+def test_checkpoints_that_are_not_ours_are_refused(tmp_path):
+    not_torch = tmp_path / "notes.ckpt"
+    not_torch.write_text("hello")
+    with pytest.raises(ValueError, match="not a PyTorch checkpoint"):
+        load_checkpoint(not_torch)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "epoch": 3}, foreign)
+    with pytest.raises(ValueError, match="not a segkit checkpoint"):
+        load_checkpoint(foreign)
+    with pytest.raises(FileNotFoundError, match="checkpoint file not found"):
+        load_checkpoint(tmp_path / "missing.ckpt")
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_a_checkpoint_carrying_pickled_code_is_refused(tmp_path):
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"segkit": {"preprocessing": {}}, "state_dict": {}, "payload": Payload()}, evil)
+    with pytest.raises(ValueError, match="refused: the checkpoint holds objects other than tensors"):
+        load_checkpoint(evil)
+
+
+def test_cli_errors_are_clear(ckpt, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run_segkit("segkit-predict", f"ckpt={ckpt}", f"input={tmp_path / 'empty'}", f"output={tmp_path / 'o'}", cwd=tmp_path)
+    assert result.returncode != 0 and "the folder holds no images" in result.stderr
+    result = run_segkit("segkit-predict", f"ckpt={tmp_path / 'x.ckpt'}", f"input={tmp_path}", f"output={tmp_path / 'o'}", cwd=tmp_path)
+    assert result.returncode != 0 and "checkpoint file not found" in result.stderr
+    assert not list(tmp_path.glob("outputs")) and not (tmp_path / "o").exists()  # nothing written
