@@ -43,5 +43,29 @@ def prepare(cfg: DictConfig) -> None:
         raise SystemExit(1)
 
 
+@hydra.main(version_base="1.3", config_path="pkg://segkit.conf", config_name="predict")
+def predict(cfg: DictConfig) -> None:
+    """``segkit-predict``: masks, probabilities, overlays or a Kaggle submission for new images."""
+    from segkit.predict import run_predict
+
+    run_predict(cfg)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://segkit.conf", config_name="eval")
+def evaluate(cfg: DictConfig) -> None:
+    """``segkit-eval``: per-class scores, confusion matrix, per-image CSV, worst-N panels, report."""
+    from segkit.evaluate import run_eval
+
+    run_eval(cfg)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://segkit.conf", config_name="export")
+def export(cfg: DictConfig) -> None:
+    """``segkit-export``: the network as ONNX or TorchScript, checked against PyTorch."""
+    from segkit.export import run_export
+
+    run_export(cfg)
+
+
 if __name__ == "__main__":
     train()
