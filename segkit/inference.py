@@ -115,6 +115,10 @@ def iter_blended_rows(
     y0, width)`` outputs of rows ``y0:y1``; the bands tile ``0:height``. Rows are final as
     soon as no later window covers them, so memory holds one band of ``window_h`` rows
     (``K x window_h x width`` floats) and one batch of windows, whatever the image height.
+
+    ``band`` is a view into the accumulator, valid until the generator resumes: use it or
+    copy it first. (One accumulator, updated in place: at 16 classes and 4000 px wide a
+    band is 260 MB, and every fresh buffer of that size costs page faults.)
     """
     wh, ww = layout.window_h, layout.window_w
     weight = blend_weight(wh, ww, blend).to(device)
@@ -127,19 +131,27 @@ def iter_blended_rows(
             if summed is None:
                 summed = torch.zeros(outputs.shape[1], wh, layout.padded_w, device=device)
             for x, output in zip(xs, outputs):
-                summed[:, :, x : x + ww] += output * weight
+                summed[:, :, x : x + ww].addcmul_(output, weight)
                 weights[:, x : x + ww] += weight
         assert summed is not None
         last = row == len(layout.ys) - 1
         done = layout.height - y if last else layout.ys[row + 1] - y
-        band = summed[:, :done, : layout.width] / weights[:done, : layout.width]
+        band = summed[:, :done, : layout.width]
+        band.div_(weights[:done, : layout.width])
         yield y, y + done, band
-        if not last:  # carry the rows the next windows still add to
-            carried_s, carried_w = summed[:, done:], weights[done:]
-            summed = torch.zeros_like(summed)
-            weights = torch.zeros_like(weights)
-            summed[:, : wh - done] = carried_s
-            weights[: wh - done] = carried_w
+        if not last:  # move the rows the next windows still add to up to the top
+            _shift_rows_up(summed, done)
+            _shift_rows_up(weights, done)
+
+
+def _shift_rows_up(t: torch.Tensor, rows: int) -> None:
+    """In place: rows ``rows:`` of ``t`` (rows on dim -2) move to the top, the rest become 0.
+    Copied in chunks of ``rows`` so source and destination never overlap, with no second buffer."""
+    n = t.shape[-2]
+    for start in range(0, n - rows, rows):
+        stop = min(start + rows, n - rows)
+        t[..., start:stop, :].copy_(t[..., start + rows : stop + rows, :])
+    t[..., max(n - rows, 0) :, :].zero_()
 
 
 @torch.no_grad()
@@ -172,7 +184,7 @@ def sliding_window_logits(
     def windows(corners: list[tuple[int, int]], wh: int, ww: int) -> torch.Tensor:
         return model(torch.stack([image[:, y : y + wh, x : x + ww] for y, x in corners]))
 
-    bands = [band for _, _, band in iter_blended_rows(layout, windows, batch_size, blend, image.device)]
+    bands = [band.clone() for _, _, band in iter_blended_rows(layout, windows, batch_size, blend, image.device)]
     return torch.cat(bands, dim=1)
 
 

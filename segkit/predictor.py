@@ -202,8 +202,9 @@ class Predictor:
 
     # ----------------------------------------------------------------- model
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+        if logits.shape[1] == 1:
+            return torch.sigmoid(logits.float())
+        return torch.softmax(logits, dim=1, dtype=torch.float32)  # one float32 copy, not two
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         context = (
@@ -221,7 +222,8 @@ class Predictor:
     # ----------------------------------------------------------------- image
     def iter_rows(self, image: np.ndarray) -> Iterator[tuple[int, int, torch.Tensor]]:
         """Probabilities of a ``(H, W, C)`` image (training resolution, already resized),
-        band by band: ``(y0, y1, (K, y1 - y0, W) float32 tensor on the device)``."""
+        band by band: ``(y0, y1, (K, y1 - y0, W) float32 tensor on the device)``; a band is
+        valid until the next one is asked for (see :func:`segkit.inference.iter_blended_rows`)."""
         prep = self.preprocessing
         offset, scale, clip = prep.affine(image)
         offset_t = torch.from_numpy(offset).to(self.device)
@@ -256,7 +258,7 @@ class Predictor:
         if resized.shape[:2] == (height, width):
             bands = self.iter_rows(resized)
         else:  # trained on resized images: predict at that size, scale the probabilities back
-            small = torch.cat([band for _, _, band in self.iter_rows(resized)], dim=1)
+            small = torch.cat([band.clone() for _, _, band in self.iter_rows(resized)], dim=1)
             full = F.interpolate(small[None], size=(height, width), mode="bilinear", align_corners=False)[0]
             bands = iter([(0, height, full)])
         for y0, y1, band in bands:

@@ -21,11 +21,12 @@ class CountingModel(torch.nn.Module):
 
 @pytest.mark.parametrize("blend", ["gaussian", "linear", "constant"])
 @pytest.mark.parametrize("height, width", [(200, 333), (64, 64), (40, 90), (129, 65)])
-def test_tiled_prediction_equals_whole_image_prediction(blend, height, width):
+@pytest.mark.parametrize("overlap", [16, 50])  # stride above and below half a window
+def test_tiled_prediction_equals_whole_image_prediction(blend, height, width, overlap):
     model = CountingModel()
     image = torch.randn(3, height, width)
     whole = model(image[None])[0]
-    tiled = sliding_window_logits(image, model, tile=64, overlap=16, batch_size=3, blend=blend)
+    tiled = sliding_window_logits(image, model, tile=64, overlap=overlap, batch_size=3, blend=blend)
     assert tiled.shape == whole.shape
     torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-5)
 
@@ -79,3 +80,15 @@ def test_tta_maps_outputs_back():
     assert torch.allclose(out[0, 0, :, 0], torch.full((4,), 0.5)) and torch.allclose(out[0, 0, :, -1], torch.full((4,), 0.5))
     with pytest.raises(ValueError, match="unknown TTA transform"):
         predict_with_tta(left_marker, images, ["shear"])
+
+
+@pytest.mark.parametrize("rows", [1, 3, 5, 7, 10])
+def test_rows_shift_up_in_place(rows):
+    from segkit.inference import _shift_rows_up
+
+    t = torch.arange(2 * 10 * 4, dtype=torch.float32).reshape(2, 10, 4)
+    expected = torch.zeros_like(t)
+    expected[:, : 10 - rows] = t[:, rows:]
+    pointer = t.data_ptr()
+    _shift_rows_up(t, rows)
+    assert torch.equal(t, expected) and t.data_ptr() == pointer
