@@ -27,7 +27,12 @@ demo: setup
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
-bench: setup
+# the bench extra: MONAI, the peer the sliding-window benchmark compares with (never a runtime dependency)
+$(VENV)/.segkit-bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,sweep,export,bench]'
+	@touch $@
+
+bench: setup $(VENV)/.segkit-bench
 	HF_HUB_OFFLINE=1 $(PY) bench/run.py
 
 clean:

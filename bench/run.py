@@ -1,12 +1,19 @@
-"""Run every ``bench/bench_*.py`` in turn (each prints its own ratios against a baseline)."""
+"""Run every ``bench/bench_*.py`` in turn, each in its own process (each prints its ratios
+against a baseline and appends them, with the machine, to ``bench/RESULTS.md``)."""
 
-import runpy
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 here = Path(__file__).resolve().parent
-sys.path.insert(0, str(here.parent))
+failed = []
+started = time.perf_counter()
 for script in sorted(here.glob("bench_*.py")):
     print(f"== {script.name}", flush=True)
-    sys.argv = [str(script)]
-    runpy.run_path(str(script), run_name="__main__")
+    result = subprocess.run([sys.executable, "-m", f"bench.{script.stem}"], cwd=here.parent)
+    if result.returncode:
+        failed.append(script.name)
+print(f"== all benchmarks: {time.perf_counter() - started:.0f} s; results appended to {here / 'RESULTS.md'}")
+if failed:
+    sys.exit(f"failed: {', '.join(failed)}")

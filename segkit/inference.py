@@ -127,7 +127,7 @@ def iter_blended_rows(
     for row, y in enumerate(layout.ys):
         for start in range(0, len(layout.xs), batch_size):
             xs = layout.xs[start : start + batch_size]
-            outputs = predict_windows([(y, x) for x in xs], wh, ww).float()
+            outputs = predict_windows([(y, x) for x in xs], wh, ww)  # any float dtype: added in float32
             if summed is None:
                 summed = torch.zeros(outputs.shape[1], wh, layout.padded_w, device=device)
             for x, output in zip(xs, outputs):
@@ -209,8 +209,11 @@ def predict_with_tta(model: Model, images: torch.Tensor, transforms: Sequence[st
     unknown = [t for t in transforms if t not in TTA_TRANSFORMS]
     if unknown:
         raise ValueError(f"unknown TTA transform(s) {unknown}; available: {', '.join(TTA_TRANSFORMS)}")
-    total = model(images).float()
+    total = model(images)
+    if not transforms:
+        return total  # as the model returned it (no float32 copy of a bf16 batch)
+    total = total.float()
     for name in transforms:
         forward, inverse = TTA_TRANSFORMS[name]
-        total = total + inverse(model(forward(images)).float())
-    return total / (1 + len(transforms))
+        total += inverse(model(forward(images)))
+    return total.div_(1 + len(transforms))

@@ -3,8 +3,8 @@
 :class:`Preprocessing` reproduces the training pipeline's deterministic part (resize, pad,
 ``albumentations.Normalize``) from the checkpoint; :class:`Predictor` runs the model over
 an image — one window when it fits, blended sliding windows when it does not — with
-optional TTA and mixed precision, and returns class probabilities and labels at the
-image's own resolution.
+optional TTA and mixed precision, and returns class labels (and probabilities) at the
+image's own resolution. Window outputs and TTA views are averaged as logits.
 
 Normalisation is applied per window as one affine map per channel, ``(x - offset) *
 scale``: per-image statistics (``normalization: image`` / ``min_max`` ...) are taken over
@@ -15,6 +15,7 @@ normalised as the whole image would have been.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,29 +202,35 @@ class Predictor:
         self.windows_run = 0  # a count, for tests and benchmarks
 
     # ----------------------------------------------------------------- model
-    def _activate(self, logits: torch.Tensor) -> torch.Tensor:
-        if logits.shape[1] == 1:
-            return torch.sigmoid(logits.float())
-        return torch.softmax(logits, dim=1, dtype=torch.float32)  # one float32 copy, not two
-
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         context = (
             torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None else contextlib.nullcontext()
         )
         with context:
-            return self._activate(self.module(batch))
+            return self.module(batch)
 
-    def probabilities_of_batch(self, batch: torch.Tensor) -> torch.Tensor:
-        """``(B, C, h, w)`` normalised images (sides multiples of the model's) → ``(B, K, h, w)`` probabilities."""
+    def logits_of_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        """``(B, C, h, w)`` normalised images (sides multiples of the model's) → ``(B, K, h, w)``
+        logits, averaged over the TTA views (in the autocast dtype when there are none)."""
         with torch.no_grad():
             self.windows_run += batch.shape[0]
             return predict_with_tta(self._forward, batch.to(self.device), self.tta)
 
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(K, ...)`` logits → float32 probabilities: sigmoid for one output, softmax otherwise."""
+        if logits.shape[0] == 1:
+            return torch.sigmoid(logits.float())
+        return torch.softmax(logits, dim=0, dtype=torch.float32)
+
     # ----------------------------------------------------------------- image
     def iter_rows(self, image: np.ndarray) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """Probabilities of a ``(H, W, C)`` image (training resolution, already resized),
+        """Blended logits of a ``(H, W, C)`` image (training resolution, already resized),
         band by band: ``(y0, y1, (K, y1 - y0, W) float32 tensor on the device)``; a band is
-        valid until the next one is asked for (see :func:`segkit.inference.iter_blended_rows`)."""
+        valid until the next one is asked for (see :func:`segkit.inference.iter_blended_rows`).
+
+        Windows are blended as logits (as MONAI and nnU-Net do); probabilities are taken of
+        the finished rows only, once per pixel rather than once per window that covers it.
+        """
         prep = self.preprocessing
         offset, scale, clip = prep.affine(image)
         offset_t = torch.from_numpy(offset).to(self.device)
@@ -236,10 +243,10 @@ class Predictor:
         def windows(corners: list[tuple[int, int]], wh: int, ww: int) -> torch.Tensor:
             raw = np.stack([image[y : y + wh, x : x + ww] for y, x in corners])
             tensor = torch.from_numpy(raw if raw.dtype == np.uint8 else raw.astype(np.float32)).to(self.device)
-            tensor = (tensor.float() - offset_t) * scale_t
+            tensor = tensor.float().sub_(offset_t).mul_(scale_t)  # in place: one float copy of the batch
             if clip is not None:
-                tensor = tensor.clamp_(-clip, clip)
-            return self.probabilities_of_batch(tensor.permute(0, 3, 1, 2))
+                tensor.clamp_(-clip, clip)
+            return self.logits_of_batch(tensor.permute(0, 3, 1, 2))  # NHWC memory: already channels-last
 
         with torch.no_grad():
             yield from iter_blended_rows(layout, windows, self.batch_size, self.blend, self.device)
@@ -257,19 +264,23 @@ class Predictor:
         resized = self.preprocessing.resize(image)
         if resized.shape[:2] == (height, width):
             bands = self.iter_rows(resized)
-        else:  # trained on resized images: predict at that size, scale the probabilities back
+        else:  # trained on resized images: predict at that size, scale the logits back
             small = torch.cat([band.clone() for _, _, band in self.iter_rows(resized)], dim=1)
             full = F.interpolate(small[None], size=(height, width), mode="bilinear", align_corners=False)[0]
             bands = iter([(0, height, full)])
         for y0, y1, band in bands:
             labels[y0:y1] = self._labels(band).cpu().numpy()
-            if kept is not None:
-                kept[:, y0:y1] = band.cpu().numpy()
-            if probabilities_out is not None:
-                probabilities_out[:, y0:y1] = band.cpu().numpy()
+            if kept is not None or probabilities_out is not None:
+                probabilities = self.activate(band).cpu().numpy()
+                target = kept if kept is not None else probabilities_out
+                target[:, y0:y1] = probabilities
         return Prediction(labels, kept)
 
-    def _labels(self, probabilities: torch.Tensor) -> torch.Tensor:
-        if probabilities.shape[0] == 1:
-            return (probabilities[0] > self.threshold).to(torch.uint8)
-        return probabilities.argmax(dim=0).to(torch.uint8 if probabilities.shape[0] <= 256 else torch.int32)
+    def _labels(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class indices of ``(K, h, w)`` logits: sigmoid above the threshold (compared in
+        logit space), or the arg-max class (the arg-max of the softmax)."""
+        if logits.shape[0] == 1:
+            t = self.threshold
+            cut = math.inf if t >= 1 else -math.inf if t <= 0 else math.log(t / (1 - t))
+            return (logits[0] > cut).to(torch.uint8)
+        return logits.argmax(dim=0).to(torch.uint8 if logits.shape[0] <= 256 else torch.int32)

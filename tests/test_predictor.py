@@ -126,14 +126,19 @@ def test_tta_with_an_equivariant_model_changes_nothing():
         Predictor(module, prep(), tta=["mirror"])
 
 
-def test_tta_averages_the_mapped_back_outputs():
+def test_tta_averages_the_mapped_back_logits():
     # a model that is not flip-equivariant: averaging with hflip must symmetrise its output
     module = small_unet()
     image = np.random.default_rng(6).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
-    plain = Predictor(module, prep(size_multiple=8), precision="32-true").predict(image, keep_probabilities=True).probabilities
-    flipped = Predictor(module, prep(size_multiple=8), precision="32-true").predict(image[:, ::-1].copy(), keep_probabilities=True).probabilities
-    tta = Predictor(module, prep(size_multiple=8), precision="32-true", tta=["hflip"]).predict(image, keep_probabilities=True).probabilities
-    np.testing.assert_allclose(tta, (plain + flipped[:, :, ::-1]) / 2, rtol=1e-4, atol=1e-5)
+    plain = Predictor(module, prep(size_multiple=8), precision="32-true")
+
+    def logits(img):
+        return torch.cat([band.clone() for _, _, band in plain.iter_rows(img)], dim=1)
+
+    expected = torch.softmax((logits(image) + logits(image[:, ::-1].copy()).flip(-1)) / 2, dim=0).numpy()
+    tta = Predictor(module, prep(size_multiple=8), precision="32-true", tta=["hflip"]).predict(image, keep_probabilities=True)
+    np.testing.assert_allclose(tta.probabilities, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(tta.labels, expected.argmax(0))
 
 
 def test_a_model_trained_on_resized_images_predicts_at_the_images_resolution():
@@ -142,9 +147,10 @@ def test_a_model_trained_on_resized_images_predicts_at_the_images_resolution():
     predictor = Predictor(module, prep(image_size=(48, 64)), precision="32-true")
     out = predictor.predict(image, keep_probabilities=True)
     assert out.labels.shape == (96, 128) and out.probabilities.shape == (1, 96, 128)
-    small = Predictor(module, prep(), precision="32-true").predict(prep(image_size=(48, 64)).resize(image), keep_probabilities=True)
-    up = torch.nn.functional.interpolate(torch.from_numpy(small.probabilities)[None], size=(96, 128), mode="bilinear")[0]
-    np.testing.assert_allclose(out.probabilities, up.numpy(), rtol=1e-5, atol=1e-6)
+    native = Predictor(module, prep(), precision="32-true")
+    small = torch.cat([b.clone() for _, _, b in native.iter_rows(prep(image_size=(48, 64)).resize(image))], dim=1)
+    up = torch.nn.functional.interpolate(small[None], size=(96, 128), mode="bilinear")[0]  # logits, then sigmoid
+    np.testing.assert_allclose(out.probabilities, torch.sigmoid(up).numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(out.labels, (out.probabilities[0] > 0.5).astype(np.uint8))
 
 
