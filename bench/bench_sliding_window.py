@@ -21,13 +21,7 @@ import subprocess
 import sys
 import time
 
-from bench.common import ROOT, Report
-
-
-def rss_mb() -> float:
-    from bench.common import peak_rss_mb
-
-    return peak_rss_mb()
+from bench.common import ROOT, Report, peak_rss_mb
 
 
 def make_module(classes: int):
@@ -97,7 +91,7 @@ def child(mode: str, size: int, classes: int, precision: str, tile: int, overlap
     module = make_module(classes)
     image = np.random.default_rng(0).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
     prep = Preprocessing(3, "uint8", None, None, 32, {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
-    setup = rss_mb()
+    setup = peak_rss_mb()
     started = time.perf_counter()
     if mode == "predict":
         predictor = Predictor(module, prep, precision=precision, tile=tile, overlap=overlap, batch_size=batch)
@@ -117,7 +111,7 @@ def child(mode: str, size: int, classes: int, precision: str, tile: int, overlap
                 module(x)
                 windows += len(batch_corners)
     seconds = time.perf_counter() - started
-    return {"mode": mode, "peak_rss_mb": rss_mb(), "setup_rss_mb": setup, "seconds": seconds, "windows": windows,
+    return {"mode": mode, "peak_rss_mb": peak_rss_mb(), "setup_rss_mb": setup, "seconds": seconds, "windows": windows,
             "image_mb": size * size * 3 / 2**20}
 
 

@@ -14,6 +14,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from segkit.data.io import temporary_path
+
 __all__ = ["AtomicCheckpointIO", "EpochSeeder", "MetricsHistory"]
 
 
@@ -69,6 +71,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = temporary_path(path)
         super().save_checkpoint(checkpoint, tmp, storage_options)
         os.replace(tmp, path)

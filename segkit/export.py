@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from segkit.checkpoint import load_checkpoint
-from segkit.data.io import write_json_atomic
+from segkit.data.io import temporary_path, write_json_atomic
 from segkit.predict import refuse_overwrite
 
 __all__ = ["ExportedNet", "export_onnx", "export_torchscript", "run_export"]
@@ -125,7 +125,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     example = torch.randn(1, channels, height, width, generator=generator)
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    tmp = temporary_path(output)
     try:
         if fmt == "onnx":
             export_onnx(model, example, tmp, int(cfg.opset))

@@ -28,7 +28,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from segkit.checkpoint import LoadedCheckpoint, load_checkpoint
-from segkit.data.io import read_image, write_bytes_atomic, write_json_atomic, write_png_atomic
+from segkit.data.io import read_image, temporary_path, write_bytes_atomic, write_json_atomic, write_png_atomic
 from segkit.predictor import Predictor, Preprocessing
 from segkit.submission import FORMATS, SubmissionWriter
 
@@ -160,7 +160,7 @@ def _mask_bytes(labels: np.ndarray, tiff: bool) -> bytes:
 
 def _write_probabilities(path: Path, predictor: Predictor, image: np.ndarray) -> np.ndarray:
     """Predict with the probabilities streamed into a float16 ``.npy`` (memory-mapped, renamed when complete)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     shape = (max(predictor.num_classes, 1), *image.shape[:2])
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-__all__ = ["image_size", "read_image", "read_mask", "write_bytes_atomic", "write_json_atomic", "write_png_atomic"]
+__all__ = ["image_size", "read_image", "read_mask", "temporary_path", "write_bytes_atomic", "write_json_atomic", "write_png_atomic"]
 
 _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
@@ -117,6 +117,13 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     return height, width
 
 
+def temporary_path(path: str | os.PathLike) -> Path:
+    """The name a file is written under before it is renamed to ``path``: hidden, beside it
+    (same file system, so the rename is atomic), unique to this process."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` under a temporary name, then rename it into place.
 
@@ -124,7 +131,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_path(path)
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
