@@ -113,9 +113,11 @@ def loader_vs_memory(report: Report, steps: int, workers: int) -> None:
             break
         torch.cuda.synchronize()
         started, seen = time.perf_counter(), 0
-        for batch_data in loader:
-            step(batch_data["image"].cuda(non_blocking=True), batch_data["mask"].cuda(non_blocking=True))
-            seen += len(batch_data["image"])
+        for batch_data in loader:  # as the Trainer does: move, then normalise on the GPU
+            moved = {key: batch_data[key].cuda(non_blocking=True) for key in ("image", "mask")}
+            moved = datamodule.prepare_batch(moved)
+            step(moved["image"], moved["mask"])
+            seen += len(moved["image"])
         torch.cuda.synchronize()
         real = seen / (time.perf_counter() - started)
     memory, _ = throughput("mobilenet_unet", size, batch, "16-mixed", True, False, steps)

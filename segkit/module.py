@@ -107,8 +107,19 @@ class SegmentationModule(L.LightningModule):
             foreground &= masks != self.hparams.ignore_index
         return foreground.flatten(1).any(dim=1).float()
 
-    def _classification_loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def _images(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         images = batch["image"]
+        if not images.is_floating_point() or images.ndim != 4:
+            raise TypeError(
+                f"the batch holds {images.dtype} images of shape {tuple(images.shape)}, not normalised (B, C, H, W) "
+                "floats: segkit loaders hand over images as decoded; the Trainer normalises them when given "
+                "the datamodule (trainer.fit(module, datamodule=dm)), or call dm.prepare_batch(batch)"
+            )
+        return images
+
+    def _classification_loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images = self._images(batch)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         logits = self.net.classify(images)[:, 0].float()
@@ -119,7 +130,7 @@ class SegmentationModule(L.LightningModule):
         if self.task == "classification":
             loss = self._classification_loss(batch)[0]
         else:
-            loss = self.loss_fn(self(batch["image"]), batch["mask"])
+            loss = self.loss_fn(self(self._images(batch)), batch["mask"])
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
         return loss
 
@@ -130,7 +141,7 @@ class SegmentationModule(L.LightningModule):
             self.val_accuracy.update(torch.sigmoid(logits), labels.long())
             self.val_f1.update(torch.sigmoid(logits), labels.long())
             return
-        logits = self(batch["image"])
+        logits = self(self._images(batch))
         loss = self.loss_fn(logits, batch["mask"])
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(logits), sync_dist=True)
         ce = self.val_ce(logits, batch["mask"])

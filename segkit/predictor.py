@@ -1,7 +1,7 @@
 """Applying a trained model to whole images of any size, exactly as it saw them in training.
 
 :class:`Preprocessing` reproduces the training pipeline's deterministic part (resize, pad,
-``albumentations.Normalize``) from the checkpoint; :class:`Predictor` runs the model over
+normalisation as ``segkit.data.normalize.Normalizer``) from the checkpoint; :class:`Predictor` runs the model over
 an image — one window when it fits, blended sliding windows when it does not — with
 optional TTA and mixed precision, and returns class labels (and probabilities) at the
 image's own resolution. Window outputs and TTA views are averaged as logits.
@@ -26,13 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segkit.data.normalize import Normalizer
 from segkit.inference import TTA_TRANSFORMS, iter_blended_rows, predict_with_tta, window_layout
 from segkit.module import SegmentationModule
 
 __all__ = ["Prediction", "Predictor", "Preprocessing", "autocast_dtype"]
-
-_EPS = 1e-4  # albucore's
-
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -90,35 +88,13 @@ class Preprocessing:
 
     def affine(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, float | None]:
         """``(offset, scale, clip)`` per channel: the normalised image is
-        ``clip((image - offset) * scale)`` — equal to training's ``Normalize`` on this image."""
-        channels = image.shape[2]
-        if self.normalize is None:  # segkit.data.transforms.to_sample
-            peak = 1.0 if image.dtype == np.float32 else float(np.iinfo(image.dtype).max)
-            return np.zeros(channels, np.float32), np.full(channels, 1 / peak, np.float32), None
-        import albumentations as A
-
-        norm = A.Normalize(**dict(self.normalize))
-        mode = norm.normalization
-        if mode == "standard":
-            return (np.broadcast_to(np.asarray(norm.mean_np, np.float32), channels).copy(),
-                    np.broadcast_to(np.asarray(norm.denominator, np.float32), channels).copy(), None)
-        stats = self._padded(image).astype(np.float32, copy=False)
-        per_channel = mode.endswith("per_channel") and channels > 1
-        axes = (0, 1) if per_channel else None
-        lut = image.dtype == np.uint8  # albucore's uint8 path adds eps where its OpenCV path does not
-        if mode in ("image", "image_per_channel"):
-            mean = np.broadcast_to(stats.mean(axis=axes), channels)
-            std = np.broadcast_to(stats.std(axis=axes), channels)
-            eps = _EPS if (lut or not per_channel) else 0.0
-            return mean.astype(np.float32), (1 / (std + eps)).astype(np.float32), 20.0
-        if mode in ("min_max", "min_max_per_channel"):
-            low = np.broadcast_to(stats.min(axis=axes), channels)
-            high = np.broadcast_to(stats.max(axis=axes), channels)
-            span = high - low
-            eps = _EPS if (lut or per_channel) else 0.0
-            scale = np.where(span + eps > 0, 1 / np.maximum(span + eps, 1e-12), 0.0)
-            return low.astype(np.float32), scale.astype(np.float32), 20.0
-        raise ValueError(f"unknown normalization {mode!r} in the checkpoint's preprocessing")
+        ``clip((image - offset) * scale)`` — what training's :class:`~segkit.data.normalize.Normalizer`
+        computes for this image (per-image statistics over the padded image, as training had it)."""
+        normalizer = Normalizer(self.normalize)
+        per_image = normalizer.mode not in (None, "standard")
+        pixels = torch.from_numpy(np.ascontiguousarray(self._padded(image) if per_image else image[:1, :1]))
+        offset, scale, clip = normalizer.affine(pixels[None])
+        return offset[0, 0, 0].numpy().copy(), scale[0, 0, 0].numpy().copy(), clip
 
     def _padded(self, image: np.ndarray) -> np.ndarray:
         """The image as training's ``PadIfNeeded`` left it (its zeros count in per-image statistics)."""

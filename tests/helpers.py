@@ -26,12 +26,16 @@ def run_segkit(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def assert_samples(dataset, channels: int, shape: tuple[int, int], labels: set[int], n: int | None = None) -> None:
-    """Every sample: float32 C×H×W image, int64 H×W mask with labels in ``labels``."""
+    """Every sample: H×W×C image as decoded (uint8 / uint16), H×W mask of the dataset's
+    mask dtype with labels in ``labels``."""
+    expected_image = {"uint8": torch.uint8, "uint16": torch.uint16}.get(dataset.image_spec.dtype)
+    expected_mask = torch.from_numpy(np.zeros(1, dataset.mask_values.dtype)).dtype
     for i in range(len(dataset) if n is None else min(n, len(dataset))):
         sample = dataset[i]
-        assert sample["image"].dtype == torch.float32 and tuple(sample["image"].shape) == (channels, *shape)
-        assert torch.isfinite(sample["image"]).all()
-        assert sample["mask"].dtype == torch.int64 and tuple(sample["mask"].shape) == shape
+        assert tuple(sample["image"].shape) == (*shape, channels)
+        assert sample["image"].dtype in (torch.uint8, torch.uint16)
+        assert expected_image is None or sample["image"].dtype == expected_image
+        assert sample["mask"].dtype == expected_mask and tuple(sample["mask"].shape) == shape
         assert set(sample["mask"].unique().tolist()) <= labels
 
 
@@ -40,7 +44,7 @@ def assert_augmentation_keeps_alignment(datamodule, tolerance: float = 0.02, rou
     the training augmentations (up to interpolation at edges)."""
     from segkit.data.transforms import build_pipeline
 
-    pipeline = build_pipeline(datamodule.image_size, datamodule.augment, None, datamodule.pad_multiple)
+    pipeline = build_pipeline(datamodule.image_size, datamodule.augment, datamodule.pad_multiple)
     mask = np.zeros((64, 96), np.uint8)
     mask[10:30, 20:50] = 1
     mask[40:60, 60:70] = 1
@@ -75,3 +79,22 @@ def conv1x1_module(channels: int = 3, classes: int = 1, seed: int = 0, **hparams
     torch.manual_seed(seed)
     module.net = SegmentationNet(torch.nn.Conv2d(channels, max(classes, 1), kernel_size=1), size_multiple=1, name="conv1x1")
     return module.eval()
+
+
+def model_sample(datamodule, dataset, index: int) -> dict:
+    """Sample ``index`` as the model receives it: collated, then ``datamodule.prepare_batch``
+    (normalised C×H×W float32 image, int64 mask)."""
+    from torch.utils.data import default_collate
+
+    batch = datamodule.prepare_batch(default_collate([dataset[index]]))
+    return {"image": batch["image"][0], "mask": batch["mask"][0], "name": batch["name"][0]}
+
+
+def albumentations_normalize(image: np.ndarray, normalize) -> np.ndarray:
+    """Reference normalisation of an ``(H, W, C)`` image: ``albumentations.Normalize(**normalize)``,
+    or division by the dtype's maximum for ``None``; float32, ``(H, W, C)``."""
+    import albumentations as A
+
+    if normalize is None:
+        return image.astype(np.float32) / np.iinfo(image.dtype).max
+    return np.asarray(A.Normalize(**normalize)(image=image)["image"], np.float32).reshape(image.shape)

@@ -10,6 +10,7 @@ from datamodules.airbus import AirbusDataModule, read_airbus_csv
 from tests.conftest import realdata
 from tests.fixtures.airbus import write_airbus
 from tests.fixtures.reference import naive_rle_decode
+from tests.helpers import model_sample
 
 
 @pytest.fixture()
@@ -29,20 +30,27 @@ def test_samples_have_the_promised_shapes_dtypes_and_masks(airbus, tmp_path):
     dm.setup("fit")
     for dataset in (dm.train_dataset, dm.val_dataset):
         for i in range(len(dataset)):
-            sample = dataset[i]
+            raw = dataset[i]  # as the workers hand it over: decoded image, uint8 mask
+            assert raw["image"].dtype == torch.uint8 and raw["image"].shape == (64, 64, 3)
+            assert raw["mask"].dtype == torch.uint8 and raw["mask"].shape == (64, 64)
+            sample = model_sample(dm, dataset, i)  # as the model gets it
             assert sample["image"].dtype == torch.float32 and sample["image"].shape == (3, 64, 64)
             assert 0.0 <= float(sample["image"].min()) and float(sample["image"].max()) <= 1.0
+            np.testing.assert_allclose(sample["image"].numpy(), raw["image"].numpy().transpose(2, 0, 1) / 255.0, rtol=1e-6)
             assert sample["mask"].dtype == torch.int64 and sample["mask"].shape == (64, 64)
             np.testing.assert_array_equal(sample["mask"].numpy(), airbus.mask(sample["name"]))
-    batch = next(iter(dm.train_dataloader()))
+    batch = dm.prepare_batch(next(iter(dm.train_dataloader())))
     assert batch["image"].shape == (4, 3, 64, 64) and batch["mask"].shape == (4, 64, 64)
+    assert batch["image"].is_contiguous(memory_format=torch.channels_last)
 
 
 def test_resizing_and_normalisation(airbus, tmp_path):
     dm = make_dm(airbus.root, tmp_path, image_size=32, normalize={"mean": [0.5] * 3, "std": [0.25] * 3})
     dm.setup("fit")
-    sample = dm.train_dataset[0]
+    sample = model_sample(dm, dm.train_dataset, 0)
+    raw = dm.train_dataset[0]["image"].numpy().transpose(2, 0, 1)
     assert sample["image"].shape == (3, 32, 32) and sample["mask"].shape == (32, 32)
+    np.testing.assert_allclose(sample["image"].numpy(), (raw / 255.0 - 0.5) / 0.25, rtol=1e-5, atol=1e-5)
     assert float(sample["image"].min()) < 0  # (x - 0.5) / 0.25 reaches below zero
     assert set(sample["mask"].unique().tolist()) <= {0, 1}
 
@@ -216,7 +224,7 @@ def test_real_airbus_sample(tmp_path):
     assert sorted(dm.train_dataset.names) == images
     for i, name in enumerate(dm.train_dataset.names):
         sample = dm.train_dataset[i]
-        assert sample["image"].shape == (3, 768, 768)
+        assert sample["image"].shape == (768, 768, 3)
         expected = np.zeros((768, 768), np.uint8)
         for rle in frame[frame.ImageId == name].EncodedPixels:
             expected |= naive_rle_decode(rle, (768, 768), "F")

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from segkit.data.normalize import Normalizer
 from segkit.data.transforms import build_pipeline, to_sample
 from segkit.inference import window_layout
 from segkit.module import SegmentationModule
 from segkit.predictor import Predictor, Preprocessing, autocast_dtype
-from tests.helpers import conv1x1_module
+from tests.helpers import albumentations_normalize, conv1x1_module
 
 
 def prep(channels=3, dtype=None, image_size=None, pad_multiple=None, size_multiple=1, normalize=None):
@@ -35,8 +36,7 @@ def test_affine_normalisation_equals_albumentations(normalize, dtype, channels):
     top = np.iinfo(dtype).max
     image = rng.integers(top // 10, top // 2, size=(37, 45, channels)).astype(dtype)
     image[..., -1] = np.clip(image[..., -1].astype(np.int64) * 2, 0, top).astype(dtype)  # channels differ
-    reference = build_pipeline(None, None, normalize)(image=image, mask=np.zeros(image.shape[:2], np.uint8))["image"]
-    reference = to_sample(reference, np.zeros(image.shape[:2], np.uint8))["image"].numpy().transpose(1, 2, 0)
+    reference = albumentations_normalize(image, normalize)
     offset, scale, clip = prep(channels, normalize=normalize).affine(image)
     ours = (image.astype(np.float32) - offset) * scale
     if clip is not None:
@@ -49,7 +49,7 @@ def test_per_image_statistics_include_trainings_padding():
     image = np.full((30, 30, 1), 1000, np.uint16)
     image[0, 0] = 3000
     normalize = {"normalization": "min_max"}
-    padded = build_pipeline(None, None, normalize, pad_multiple=32)(image=image, mask=np.zeros((30, 30), np.uint8))["image"]
+    padded = albumentations_normalize(build_pipeline(None, None, pad_multiple=32)(image=image)["image"], normalize)
     offset, scale, _ = prep(1, pad_multiple=32, normalize=normalize).affine(image)
     np.testing.assert_allclose(((image.astype(np.float32) - offset) * scale), padded[:30, :30], rtol=1e-5, atol=1e-6)
 
@@ -68,10 +68,10 @@ def test_prediction_equals_the_model_on_trainings_pipeline():
     image = np.random.default_rng(2).integers(0, 256, size=(48, 56, 3), dtype=np.uint8)
     predictor = Predictor(module, prep(image_size=None, size_multiple=8, normalize=normalize), precision="32-true")
     got = predictor.predict(image, keep_probabilities=True)
-    sample = to_sample(build_pipeline(None, None, normalize, pad_multiple=8)(image=image, mask=np.zeros((48, 56), np.uint8))["image"],
+    sample = to_sample(build_pipeline(None, None, pad_multiple=8)(image=image, mask=np.zeros((48, 56), np.uint8))["image"],
                        np.zeros((48, 56), np.uint8))
-    with torch.no_grad():
-        expected = torch.softmax(module(sample["image"][None]), dim=1)[0].numpy()
+    with torch.no_grad():  # training's path: the worker's sample, normalised on the device
+        expected = torch.softmax(module(Normalizer(normalize)(sample["image"][None])), dim=1)[0].numpy()
     np.testing.assert_allclose(got.probabilities, expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(got.labels, expected.argmax(0))
     assert got.labels.dtype == np.uint8 and got.labels.shape == (48, 56)

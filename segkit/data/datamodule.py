@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Sampler
 from segkit.data.cache import default_cache_dir
 from segkit.data.class_stats import CLASS_STATS_FILE
 from segkit.data.datasets import ImageMaskDataset, ImageSpec, MaskValues
+from segkit.data.normalize import Normalizer
 from segkit.data.sampling import EpochShuffleSampler
 from segkit.data.splits import group_split
 from segkit.data.transforms import build_pipeline
@@ -113,6 +114,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.train_dataset: ImageMaskDataset | None = None
         self.val_dataset: ImageMaskDataset | None = None
         self._train_sampler: Sampler | None = None
+        self._normalizer: Normalizer | None = None
 
     # ------------------------------------------------------------- per dataset
     def layout_help(self) -> str:
@@ -245,7 +247,7 @@ class SegmentationDataModule(L.LightningDataModule):
             names=[i.name for i in items],
             image_paths=[i.image for i in items],
             mask_paths=[i.mask for i in items],
-            transform=build_pipeline(self.image_size, augment, self.resolved_normalize(), self.pad_multiple, fill),
+            transform=build_pipeline(self.image_size, augment, self.pad_multiple, fill),
             image_spec=ImageSpec(self.in_channels, self.image_dtype),
             mask_values=self.mask_values(),
         )
@@ -266,6 +268,7 @@ class SegmentationDataModule(L.LightningDataModule):
         if not train_idx:
             raise ValueError(f"{self.kind} data at {self.root}: no training images left after the split")
         train = [items[i] for i in train_idx]
+        self._normalizer = Normalizer(self.resolved_normalize())
         self.train_dataset = self.make_dataset(train, self.augment)
         self.val_dataset = self.make_dataset([items[i] for i in val_idx], None)
         self._train_sampler = self.train_sampler(train)
@@ -289,6 +292,24 @@ class SegmentationDataModule(L.LightningDataModule):
         return problems
 
     # ------------------------------------------------------------- dataloaders
+    def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """A loader's batch → model input: images ``(B, H, W, C)`` as decoded → normalised
+        ``(B, C, H, W)`` float32 (channels-last strides), masks → int64; on the batch's device.
+
+        The Trainer calls it after moving each batch (:meth:`on_after_batch_transfer`); call
+        it yourself when iterating the loaders by hand.
+        """
+        if self._normalizer is None:
+            self._normalizer = Normalizer(self.resolved_normalize())
+        out = dict(batch)
+        out["image"] = self._normalizer(batch["image"])
+        if "mask" in out:
+            out["mask"] = batch["mask"].long()
+        return out
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return self.prepare_batch(batch)
+
     def _loader(self, dataset: ImageMaskDataset, **kwargs: Any) -> DataLoader:
         return DataLoader(
             dataset,

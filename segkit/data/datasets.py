@@ -46,6 +46,17 @@ class MaskValues:
     ignore_index: int | None = None
     scale_255: bool = False
 
+    @property
+    def dtype(self) -> type:
+        """The smallest dtype that holds every label and ``ignore_index``: what masks travel as."""
+        low = min(0, self.ignore_index if self.ignore_index is not None else 0)
+        high = max(self.n_labels - 1, self.ignore_index if self.ignore_index is not None else 0)
+        if low >= 0 and high <= 255:
+            return np.uint8
+        if -(2**15) <= low and high < 2**15:
+            return np.int16
+        return np.int64
+
     def __call__(self, mask: np.ndarray, path: Path | str) -> np.ndarray:
         if self.scale_255:
             values = np.unique(mask)
@@ -70,7 +81,9 @@ class MaskValues:
 class ImageMaskDataset(Dataset):
     """Pairs of image files and mask files; a missing mask (``None``) means all background.
 
-    Yields ``{"image": float32 C×H×W, "mask": int64 H×W, "name": str}`` after ``transform``.
+    Yields ``{"image": H×W×C (uint8 / uint16 as decoded), "mask": H×W (``mask_values.dtype``),
+    "name": str}`` after ``transform``; batches are normalised on the device
+    (``SegmentationDataModule.on_after_batch_transfer``).
     """
 
     def __init__(
@@ -132,6 +145,6 @@ class ImageMaskDataset(Dataset):
             seed = int(torch.randint(0, 2**31 - 1, ()))
         self.transform.set_random_seed(seed)
         out = self.transform(image=image, mask=mask)
-        sample: dict[str, torch.Tensor | str] = dict(to_sample(out["image"], out["mask"]))
+        sample: dict[str, torch.Tensor | str] = dict(to_sample(out["image"], out["mask"], self.mask_values.dtype))
         sample["name"] = self.names[index]
         return sample

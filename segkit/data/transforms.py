@@ -62,17 +62,17 @@ def _hw(size: Size) -> tuple[int, int] | None:
 def build_pipeline(
     image_size: Size,
     augment: Mapping[str, Mapping[str, Any] | None] | None,
-    normalize: Mapping[str, Any] | None,
     pad_multiple: int | None = None,
     mask_fill: int = 0,
 ) -> A.Compose:
-    """Resize (if ``image_size``) → pad to a multiple → augmentations → normalisation.
+    """Resize (if ``image_size``) → pad to a multiple → augmentations, on the images' own dtype.
+
+    Normalisation is not part of it: it runs per batch on the training device
+    (``segkit.data.normalize.Normalizer``).
 
     Args:
         image_size: output ``(height, width)`` or a square side; ``None`` keeps the input size.
         augment: augmentation spec (see :func:`build_augmentations`); ``None`` for evaluation.
-        normalize: kwargs of ``albumentations.Normalize`` (mean, std, max_pixel_value,
-            normalization); ``None`` only converts to float32 in [0, 1] using the dtype's range.
         pad_multiple: pad bottom/right so height and width are multiples of this.
         mask_fill: mask label of the padding (``ignore_index`` in training).
     """
@@ -88,17 +88,21 @@ def build_pipeline(
             )
         )
     steps.extend(build_augmentations(augment))
-    if normalize is not None:
-        steps.append(A.Normalize(**dict(normalize)))
     return A.Compose(steps)
 
 
-def to_sample(image: np.ndarray, mask: np.ndarray) -> dict[str, torch.Tensor]:
-    """``(H, W, C)`` float image and ``(H, W)`` mask → ``{"image": C×H×W float32, "mask": H×W int64}``."""
-    if np.issubdtype(image.dtype, np.integer):  # not normalised: scale the dtype's range to [0, 1]
-        image = image.astype(np.float32) / float(np.iinfo(image.dtype).max)
-    elif image.dtype != np.float32:  # albumentations' per-image Normalize of uint8 returns float64
+def to_sample(image: np.ndarray, mask: np.ndarray, mask_dtype: np.dtype | type = np.uint8) -> dict[str, torch.Tensor]:
+    """``(H, W, C)`` image and ``(H, W)`` mask → ``{"image": H×W×C tensor, "mask": H×W tensor}``.
+
+    The image keeps its dtype (uint8 / uint16; float64 becomes float32) and layout: it is
+    normalised and made ``(B, C, H, W)`` float32 per batch on the training device
+    (``segkit.data.normalize.Normalizer``, which the datamodule applies after the batch is
+    moved). Masks travel as ``mask_dtype`` (uint8 unless labels or ``ignore_index`` need more).
+    """
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.dtype == np.float64:
         image = image.astype(np.float32)
-    image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-    mask_t = torch.from_numpy(np.ascontiguousarray(mask)).long()
+    image_t = torch.from_numpy(np.ascontiguousarray(image))
+    mask_t = torch.from_numpy(np.ascontiguousarray(mask, dtype=mask_dtype))
     return {"image": image_t, "mask": mask_t}
