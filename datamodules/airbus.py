@@ -126,7 +126,8 @@ class AirbusDataModule(SegmentationDataModule):
         """The mask cache of the ship images, built or completed once per instance."""
         if self._cache is None:
             ships = {i.name: i.image for i in self.items() if i.mask is not None}
-            self._cache, self._cache_written = cache_rle_masks(self._load_index(), self.work_dir / "masks", ships, RLE_ORDER)
+            self._cache, self._cache_written = cache_rle_masks(
+                self._load_index(), self.work_dir / "masks", ships, RLE_ORDER, self.max_image_pixels)
         return self._cache
 
     def prepare_dataset(self) -> list[str]:
@@ -147,6 +148,10 @@ class AirbusDataModule(SegmentationDataModule):
         rng = np.random.default_rng((self.seed, 1))
         keep = set(background_subset(val_neg, self.val_background_ratio, rng).tolist())
         return train_idx, [i for i in val_idx if has_ship[i] or i in keep]
+
+    def empty_epoch_hint(self) -> str:
+        return (f"no training image has ships and data.background_ratio={self.background_ratio} draws none of the "
+                "ship-less ones: raise data.background_ratio")
 
     def train_sampler(self, items: list[Item]) -> BackgroundRatioSampler:
         has_ship = np.array([i.mask is not None for i in items])

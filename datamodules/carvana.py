@@ -111,7 +111,7 @@ class CarvanaDataModule(SegmentationDataModule):
     def _table_(self) -> RleTable:
         if self._table is None:
             self.require_paths(self.csv_path)
-            self._table = read_rle_csv(self.csv_path, "img", "rle_mask")
+            self._table = read_rle_csv(self.csv_path, "img", "rle_mask", one_row_per_id=True)
         return self._table
 
     def _scan_csv(self, images: dict[str, Path], problems: list[str]) -> Scan:
@@ -132,7 +132,8 @@ class CarvanaDataModule(SegmentationDataModule):
         """The mask cache decoded from the CSV, built or completed once per instance."""
         if self._cache is None:
             images = {i.name: i.image for i in self.items()}
-            self._cache, self._cache_written = cache_rle_masks(self._table_(), self.work_dir / "masks", images, RLE_ORDER)
+            self._cache, self._cache_written = cache_rle_masks(
+                self._table_(), self.work_dir / "masks", images, RLE_ORDER, self.max_image_pixels)
         return self._cache
 
     def prepare_dataset(self) -> list[str]:

@@ -221,7 +221,7 @@ class DotaDataModule(SegmentationDataModule):
         objects, problems = parse_dota_labels(label_path)
         if problems:
             raise ValueError(f"{len(problems)} problem(s) in {label_path}:\n  " + "\n  ".join(problems))
-        image = read_image(image_path)
+        image = read_image(image_path, self.max_image_pixels)
         if image.dtype != np.uint8:
             raise ValueError(f"{image_path}: DOTA images are 8-bit, got {image.dtype}")
         if image.shape[2] == 1:  # a few DOTA scenes are grayscale
@@ -269,7 +269,7 @@ class DotaDataModule(SegmentationDataModule):
         for _, image_path, label_path in tqdm(pairs, desc="checking dota", unit="scene"):
             problems += parse_dota_labels(label_path)[1]
             try:
-                image_size(image_path)
+                image_size(image_path, self.max_image_pixels)
             except (ValueError, FileNotFoundError) as err:
                 problems.append(str(err))
         return problems

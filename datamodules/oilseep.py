@@ -88,7 +88,7 @@ class OilSeepDataModule(SegmentationDataModule):
         total_sq = np.zeros(self.in_channels)
         count = 0
         for i in train_idx:
-            image = read_image(items[i].image).astype(np.float64) / 65535.0
+            image = read_image(items[i].image, self.max_image_pixels).astype(np.float64) / 65535.0
             flat = image.reshape(-1, image.shape[2])
             total += flat.sum(axis=0)
             total_sq += (flat**2).sum(axis=0)

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import segkit  # noqa: F401  (sets environment defaults before heavy imports)
+
+
+def _process_rank() -> int:
+    """This process's global rank as the launchers set it (Lightning's DDP children, torchrun, SLURM)."""
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+# ${rank_zero_file:<path>}: the path on rank 0, the null device on the other ranks, so DDP
+# children (which Lightning starts with the same run dir) write no files of their own
+OmegaConf.register_new_resolver("rank_zero_file", lambda path: path if _process_rank() == 0 else os.devnull, replace=True)
 
 
 def _route_lightning_logs_to_hydra() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -15,7 +17,13 @@ from segkit.losses import build_loss
 from segkit.metrics import SegmentationMetrics, logits_to_labels
 from segkit.models import build_model
 
-__all__ = ["SegmentationModule"]
+__all__ = ["NonFiniteLossError", "SegmentationModule"]
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the message names the step, batch and images."""
 
 
 class SegmentationModule(L.LightningModule):
@@ -43,6 +51,10 @@ class SegmentationModule(L.LightningModule):
         task: ``"segmentation"``, or ``"classification"`` — image-level "has foreground?"
             trained with BCE on the encoder's classification head (staged pretraining);
             logs ``val/cls_loss``, ``val/acc``, ``val/f1``.
+        nonfinite_loss: a NaN/inf training loss ``"stop"``s training with
+            :class:`NonFiniteLossError` before the weights are touched (checkpoints keep the
+            last good state), or ``"skip"``s the batch (no backward, no optimizer step;
+            single process only) — up to ``max_consecutive_skips`` in a row, then it stops.
     """
 
     def __init__(
@@ -60,10 +72,16 @@ class SegmentationModule(L.LightningModule):
         metric_aggregation: str = "dataset",
         channels_last: bool = True,
         task: str = "segmentation",
+        nonfinite_loss: str = "stop",
+        max_consecutive_skips: int = 10,
     ) -> None:
         super().__init__()
         if task not in ("segmentation", "classification"):
             raise ValueError(f"task must be 'segmentation' or 'classification', got {task!r}")
+        if nonfinite_loss not in ("stop", "skip"):
+            raise ValueError(f"module.nonfinite_loss must be 'stop' or 'skip', got {nonfinite_loss!r}")
+        self._consecutive_skips = 0
+        self.skipped_batches = 0
         self.task = task
         self.save_hyperparameters()
         model_params = dict(model)
@@ -131,8 +149,54 @@ class SegmentationModule(L.LightningModule):
             loss = self._classification_loss(batch)[0]
         else:
             loss = self.loss_fn(self(self._images(batch)), batch["mask"])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
+        if self._nonfinite(loss, batch, batch_idx):
+            return None  # Lightning skips backward and the optimizer step
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]),
+                 sync_dist=True)
         return loss
+
+    def on_fit_start(self) -> None:
+        if self.hparams.nonfinite_loss == "skip" and self.trainer.world_size > 1:
+            raise ValueError(
+                "module.nonfinite_loss=skip needs a single process: under DDP a skipped backward desynchronises "
+                "the ranks. Use module.nonfinite_loss=stop (the default) and resume= after fixing the cause"
+            )
+
+    def _nonfinite(self, loss: torch.Tensor, batch: Mapping[str, Any], batch_idx: int) -> bool:
+        """``True`` when this batch is to be skipped; raises :class:`NonFiniteLossError` to stop.
+        The check is one scalar read per step (the progress bar reads the loss anyway); under
+        DDP the ranks decide together, so all stop or none."""
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if self._trainer is not None and self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            self._consecutive_skips = 0
+            return False
+        names = list(batch.get("name") or [])
+        shown = (", ".join(map(str, names[:8])) + (" ..." if len(names) > 8 else "")) if names else "(not named in the batch)"
+        where = (f"non-finite training loss ({float(loss.detach().float().flatten()[0])}) at global step "
+                 f"{self.global_step} (epoch {self.current_epoch}, batch {batch_idx} of the epoch); images: {shown}")
+        if self.hparams.nonfinite_loss == "skip" and self._consecutive_skips < self.hparams.max_consecutive_skips:
+            self._consecutive_skips += 1
+            self.skipped_batches += 1
+            log.warning("%s: batch skipped (%d in a row, %d in all)", where, self._consecutive_skips, self.skipped_batches)
+            return True
+        raise NonFiniteLossError(
+            where + (f" — {self._consecutive_skips} batches in a row skipped before it" if self._consecutive_skips else "")
+            + f". Training stopped before this step changed the weights; {self._last_good_checkpoint()}. "
+            "Usual causes: a learning rate too high (optimizer.lr), exploding gradients (trainer.gradient_clip_val=1.0), "
+            "fp16 overflow (trainer.precision=bf16-mixed or 32-true), or broken images/masks in the batch above "
+            "(segkit-prepare check=true). "
+            + ("module.nonfinite_loss=skip skips such batches instead." if self.hparams.nonfinite_loss == "stop"
+               else "module.max_consecutive_skips sets how many in a row are skipped.")
+        )
+
+    def _last_good_checkpoint(self) -> str:
+        for callback in getattr(self.trainer, "checkpoint_callbacks", []):
+            dirpath = getattr(callback, "dirpath", None)
+            if dirpath and (Path(dirpath) / "last.ckpt").is_file():
+                return f"the last good checkpoint is {Path(dirpath) / 'last.ckpt'} (continue with resume=<run dir>)"
+        return "no checkpoint was written yet (it failed before the first validation)"
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         if self.task == "classification":
@@ -150,13 +214,14 @@ class SegmentationModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self.task == "classification":
-            self.log_dict({"val/acc": self.val_accuracy.compute(), "val/f1": self.val_f1.compute()}, prog_bar=True)
+            # torchmetrics' compute() has already summed the ranks: sync_dist only averages equal values
+            self.log_dict({"val/acc": self.val_accuracy.compute(), "val/f1": self.val_f1.compute()}, prog_bar=True, sync_dist=True)
             self.val_accuracy.reset()
             self.val_f1.reset()
             return
         scores = {f"val/{k}": v for k, v in self.val_metrics.compute().items()}
-        self.log("val/dice", scores.pop("val/dice"), prog_bar=True)
-        self.log_dict(scores)
+        self.log("val/dice", scores.pop("val/dice"), prog_bar=True, sync_dist=True)
+        self.log_dict(scores, sync_dist=True)
         self.val_metrics.reset()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -28,7 +28,15 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from segkit.checkpoint import LoadedCheckpoint, load_checkpoint
-from segkit.data.io import read_image, temporary_path, write_bytes_atomic, write_json_atomic, write_png_atomic
+from segkit.data.io import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    check_pixels,
+    read_image,
+    temporary_path,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_png_atomic,
+)
 from segkit.predictor import Predictor, Preprocessing
 from segkit.submission import FORMATS, SubmissionWriter
 
@@ -109,9 +117,10 @@ def build_predictor(loaded: LoadedCheckpoint, cfg: DictConfig) -> Predictor:
     )
 
 
-def check_headers(files: list[Path], preprocessing: Preprocessing) -> None:
+def check_headers(files: list[Path], preprocessing: Preprocessing, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
     """Read every image's header (not its pixels) and raise listing each file whose channel
-    count the model cannot take — before any time is spent predicting."""
+    count the model cannot take, or whose size is above ``max_pixels`` — before any time is
+    spent predicting."""
     from PIL import Image
 
     problems = []
@@ -119,27 +128,34 @@ def check_headers(files: list[Path], preprocessing: Preprocessing) -> None:
         try:
             with Image.open(file) as im:
                 channels = len(im.getbands())
+                width, height = im.size
         except Exception:  # noqa: BLE001 — formats PIL cannot open are checked when read
             continue
         if channels != preprocessing.in_channels:
             problems.append(f"{file}: image has {channels} channel(s), the model expects {preprocessing.in_channels}")
+        try:
+            check_pixels(file, height, width, max_pixels)
+        except ValueError as err:
+            problems.append(str(err))
     if problems:
         raise ValueError(f"{len(problems)} input image(s) do not fit the model:\n  " + "\n  ".join(problems[:20]))
 
 
-def iter_images(files: list[Path], readers: int) -> Iterator[tuple[Path, np.ndarray]]:
+def iter_images(
+    files: list[Path], readers: int, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+) -> Iterator[tuple[Path, np.ndarray]]:
     """Decode images in ``readers`` threads (OpenCV and tifffile release the GIL), in order."""
     if readers <= 0:
         for file in files:
-            yield file, read_image(file)
+            yield file, read_image(file, max_pixels)
         return
     with ThreadPoolExecutor(max_workers=readers) as pool:
-        pending = [pool.submit(read_image, f) for f in files[: readers + 1]]
+        pending = [pool.submit(read_image, f, max_pixels) for f in files[: readers + 1]]
         for i, file in enumerate(files):
             image = pending[i].result()
             pending[i] = None  # free it
             if i + readers + 1 < len(files):
-                pending.append(pool.submit(read_image, files[i + readers + 1]))
+                pending.append(pool.submit(read_image, files[i + readers + 1], max_pixels))
             yield file, image
 
 
@@ -205,7 +221,8 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     plan = planned_outputs(files, output, cfg)
     refuse_overwrite([p for paths in plan.values() for p in paths], bool(cfg.overwrite))
     predictor = build_predictor(loaded, cfg)
-    check_headers(files, predictor.preprocessing)
+    max_pixels = cfg.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
+    check_headers(files, predictor.preprocessing, max_pixels)
     submission = (
         SubmissionWriter(fmt, output / "submission.csv", int(cfg.submission.min_size), int(cfg.submission.connectivity))
         if fmt in FORMATS else None
@@ -214,7 +231,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     log.info("predicting %d image(s) with %s on %s (precision %s, tile %d, TTA %s)", len(files), cfg.ckpt,
              predictor.device, cfg.precision, predictor.tile, predictor.tta or "none")
     pixels = 0
-    for i, (file, image) in enumerate(tqdm(iter_images(files, int(cfg.readers)), total=len(files), unit="img", desc="predict")):
+    for i, (file, image) in enumerate(tqdm(iter_images(files, int(cfg.readers), max_pixels), total=len(files), unit="img", desc="predict")):
         predictor.preprocessing.check(image, file)
         if cfg.save_probabilities:
             labels = _write_probabilities(plan["probabilities"][i], predictor, image)

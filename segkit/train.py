@@ -153,7 +153,7 @@ def fit_stage(
     datamodule = instantiate(cfg.data, **(data_overrides or {}), _convert_="all")
     module = build_module(cfg, datamodule, **(module_overrides or {}))
     if init_checkpoint:
-        state = torch.load(init_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        state = torch.load(init_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
         module.net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
     history = MetricsHistory()
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
@@ -171,7 +171,9 @@ def fit_stage(
     if lr_find and ckpt_path is None:
         lr = _find_lr(trainer, module, datamodule, stage_dir, {} if lr_find is True else dict(lr_find))
         history.epochs = []
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    # resume loads tensors and plain data only (torch.load weights_only): a checkpoint carrying
+    # pickled code is refused before anything of it runs
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     checkpoints = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
     best_checkpoint = next((c.best_model_path for c in checkpoints if c.monitor), None)

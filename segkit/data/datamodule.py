@@ -25,8 +25,9 @@ from torch.utils.data import DataLoader, Sampler
 from segkit.data.cache import default_cache_dir
 from segkit.data.class_stats import CLASS_STATS_FILE
 from segkit.data.datasets import ImageMaskDataset, ImageSpec, MaskValues
+from segkit.data.io import DEFAULT_MAX_IMAGE_PIXELS
 from segkit.data.normalize import Normalizer
-from segkit.data.sampling import EpochShuffleSampler
+from segkit.data.sampling import EpochShuffleSampler, ShardSampler
 from segkit.data.splits import group_split
 from segkit.data.transforms import build_pipeline
 
@@ -71,6 +72,8 @@ class SegmentationDataModule(L.LightningDataModule):
         normalize: ``albumentations.Normalize`` kwargs; ``mean``/``std`` may be ``"dataset"``
             to use the statistics ``segkit-prepare`` computed.
         ignore_index: mask value that counts nowhere (padding).
+        max_image_pixels: largest height x width decoded; larger headers are refused before
+            decoding (corrupt files, decompression bombs). ``None``: no limit.
     """
 
     kind = "dataset"
@@ -93,6 +96,7 @@ class SegmentationDataModule(L.LightningDataModule):
         augment: Mapping[str, Any] | None = None,
         normalize: Mapping[str, Any] | None = None,
         ignore_index: int | None = None,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -110,6 +114,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.augment = augment
         self.normalize = normalize
         self.ignore_index = ignore_index
+        self.max_image_pixels = max_image_pixels
         self._scan: Scan | None = None
         self.train_dataset: ImageMaskDataset | None = None
         self.val_dataset: ImageMaskDataset | None = None
@@ -135,6 +140,10 @@ class SegmentationDataModule(L.LightningDataModule):
     def prepare_dataset(self) -> list[str]:
         """One-off preparation (caches, patches...); idempotent; returns what it did."""
         return []
+
+    def empty_epoch_hint(self) -> str:
+        """Why a training epoch can draw nothing, for the error that says so."""
+        return "check the split settings"
 
     def train_sampler(self, items: list[Item]) -> Sampler:
         """The training sampler; by default every item once per epoch, shuffled by (seed, epoch)."""
@@ -248,16 +257,19 @@ class SegmentationDataModule(L.LightningDataModule):
             image_paths=[i.image for i in items],
             mask_paths=[i.mask for i in items],
             transform=build_pipeline(self.image_size, augment, self.pad_multiple, fill),
-            image_spec=ImageSpec(self.in_channels, self.image_dtype),
+            image_spec=self.image_spec(),
             mask_values=self.mask_values(),
         )
+
+    def image_spec(self) -> ImageSpec:
+        return ImageSpec(self.in_channels, self.image_dtype, self.max_image_pixels)
 
     def raw_dataset(self, items: Sequence[Item]) -> ImageMaskDataset:
         """The items as stored (no resizing or normalisation): ``load(i)`` gives the raw
         image and the mapped mask (checks, ``segkit-eval`` at the images' own resolution)."""
         return ImageMaskDataset(
             [i.name for i in items], [i.image for i in items], [i.mask for i in items],
-            transform=None, image_spec=ImageSpec(self.in_channels, self.image_dtype), mask_values=self.mask_values(),
+            transform=None, image_spec=self.image_spec(), mask_values=self.mask_values(),
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -268,10 +280,40 @@ class SegmentationDataModule(L.LightningDataModule):
         if not train_idx:
             raise ValueError(f"{self.kind} data at {self.root}: no training images left after the split")
         train = [items[i] for i in train_idx]
+        self.check_sample(items)
         self._normalizer = Normalizer(self.resolved_normalize())
         self.train_dataset = self.make_dataset(train, self.augment)
         self.val_dataset = self.make_dataset([items[i] for i in val_idx], None)
         self._train_sampler = self.train_sampler(train)
+        if len(self._train_sampler) == 0:
+            raise ValueError(
+                f"{self.kind} data at {self.root}: the training epoch is empty — {len(train)} training image(s), "
+                f"none drawn ({self.empty_epoch_hint()})"
+            )
+
+    setup_sample_size = 8
+
+    def check_sample(self, items: Sequence[Item]) -> None:
+        """Decode a spread sample of ``setup_sample_size`` items (image, mask, pairing, dtype,
+        channels, sizes, mask values) and raise with every problem found — seconds at setup
+        instead of a crash hours into training. ``segkit-prepare check=true`` reads them all."""
+        if not items:
+            return
+        count = min(self.setup_sample_size, len(items))
+        picks = sorted({round(i * (len(items) - 1) / max(count - 1, 1)) for i in range(count)})
+        dataset = self.raw_dataset([items[i] for i in picks])
+        problems = []
+        for index in range(len(dataset)):
+            try:
+                dataset.load(index)
+            except (ValueError, FileNotFoundError) as err:
+                problems.append(str(err))
+        if problems:
+            raise ValueError(
+                f"{len(problems)} of {len(picks)} sampled {self.kind} images at {self.root} cannot be used:\n  "
+                + "\n  ".join(problems)
+                + f"\n(segkit-prepare dataset={self.kind} data.root={self.root} check=true lists every problem of every file)"
+            )
 
     def check(self) -> list[str]:
         """Every problem of every file (pairing, decoding, size, dtype, mask values), none raised."""
@@ -323,8 +365,20 @@ class SegmentationDataModule(L.LightningDataModule):
             **kwargs,
         )
 
+    def _rank(self) -> tuple[int, int]:
+        """``(global rank, world size)`` of the attached Trainer; ``(0, 1)`` without one."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
     def train_dataloader(self) -> DataLoader:
         assert self.train_dataset is not None and self._train_sampler is not None, "call setup() first"
+        rank, world_size = self._rank()
+        if hasattr(self._train_sampler, "shard"):
+            self._train_sampler.shard(rank, world_size)
+        elif world_size > 1:
+            raise TypeError(f"{type(self._train_sampler).__name__} cannot split its samples between DDP ranks (no shard())")
         n = len(self._train_sampler)
         # a last batch of one image breaks BatchNorm: drop it when there are more batches
         drop_last = n > self.batch_size and n % self.batch_size == 1
@@ -332,4 +386,5 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_dataset is not None, "call setup() first"
-        return self._loader(self.val_dataset, shuffle=False)
+        rank, world_size = self._rank()
+        return self._loader(self.val_dataset, sampler=ShardSampler(len(self.val_dataset), rank, world_size))

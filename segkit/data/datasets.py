@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segkit.data.io import image_size, read_image, read_mask
+from segkit.data.io import DEFAULT_MAX_IMAGE_PIXELS, image_size, read_image, read_mask
 from segkit.data.transforms import to_sample
 
 __all__ = ["ImageMaskDataset", "ImageSpec", "MaskValues"]
@@ -19,10 +19,12 @@ __all__ = ["ImageMaskDataset", "ImageSpec", "MaskValues"]
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """What every image of a dataset must be: channel count and, optionally, dtype."""
+    """What every image of a dataset must be: channel count, optionally dtype, and at most
+    ``max_pixels`` pixels (checked from the header, before decoding)."""
 
     channels: int
     dtype: str | None = None  # "uint8", "uint16" or None for any
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
 
     def check(self, image: np.ndarray, path: Path) -> None:
         if image.shape[2] != self.channels:
@@ -109,7 +111,7 @@ class ImageMaskDataset(Dataset):
 
     def load_image(self, index: int) -> np.ndarray:
         path = self.image_paths[index]
-        image = read_image(path)
+        image = read_image(path, self.image_spec.max_pixels)
         self.image_spec.check(image, path)
         return image
 
@@ -118,8 +120,8 @@ class ImageMaskDataset(Dataset):
         mask is read from the image header when not given."""
         mask_path = self.mask_paths[index]
         if mask_path is None:
-            return np.zeros(shape or image_size(self.image_paths[index]), dtype=np.uint8)
-        return self.mask_values(read_mask(mask_path), mask_path)
+            return np.zeros(shape or image_size(self.image_paths[index], self.image_spec.max_pixels), dtype=np.uint8)
+        return self.mask_values(read_mask(mask_path, self.image_spec.max_pixels), mask_path)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The raw ``(H, W, C)`` image and ``(H, W)`` mask of one item, before transforms."""

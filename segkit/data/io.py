@@ -14,7 +14,19 @@ import cv2
 import numpy as np
 from PIL import Image
 
-__all__ = ["image_size", "read_image", "read_mask", "temporary_path", "write_bytes_atomic", "write_json_atomic", "write_png_atomic"]
+__all__ = [
+    "DEFAULT_MAX_IMAGE_PIXELS", "check_pixels", "image_size", "read_image", "read_mask", "temporary_path",
+    "write_bytes_atomic", "write_json_atomic", "write_png_atomic",
+]
+
+# The largest image (height x width) the readers decode: a corrupt header or a decompression
+# bomb (a few KiB that claim 100k x 100k pixels) is refused from its header, before the
+# decoder allocates. 500 megapixels: above the largest DOTA scenes (20000 x 20000).
+# Configurable per dataset (data.max_image_pixels) and for prediction.
+DEFAULT_MAX_IMAGE_PIXELS = 500_000_000
+# PIL's own guard (warning above 89 MP, error above 179 MP) would refuse real DOTA scenes in
+# image_size(); segkit applies the limit above instead
+Image.MAX_IMAGE_PIXELS = None
 
 _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
@@ -35,20 +47,46 @@ def _check_jpeg(path: Path, data: bytes) -> None:
         raise ValueError(f"{path}: truncated JPEG (no end-of-image marker)")
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def check_pixels(path: str | os.PathLike, height: int, width: int, max_pixels: int | None) -> None:
+    """Raise ``ValueError`` naming ``path`` when ``height x width`` exceeds ``max_pixels`` (``None``: no limit)."""
+    if max_pixels is not None and height * width > max_pixels:
+        raise ValueError(
+            f"{path}: the header says {width}x{height} = {height * width:,} pixels, above the limit of "
+            f"{max_pixels:,} — a corrupt header or a decompression bomb? If the image is real, raise "
+            "data.max_image_pixels (segkit-predict: max_image_pixels)"
+        )
+
+
+def _check_header_bytes(path: Path, data: bytes, max_pixels: int | None) -> None:
+    """The pixel limit from the encoded bytes' header (formats PIL identifies; others are left to OpenCV's own limit)."""
+    if max_pixels is None:
+        return
+    import io
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+    except Exception:  # not a format PIL knows, or a header it cannot parse: the decoder will say
+        return
+    check_pixels(path, height, width, max_pixels)
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read an image as ``(H, W, C)`` with its own dtype; colour comes back RGB.
 
     Supports JPEG, PNG, BMP, GIF (via OpenCV) and 8/16-bit TIFF (via tifffile).
-    Raises ``FileNotFoundError`` or ``ValueError`` naming the file when it cannot be read.
+    Raises ``FileNotFoundError`` or ``ValueError`` naming the file when it cannot be read,
+    or when its header claims more than ``max_pixels`` pixels (checked before decoding).
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
-        image = _read_tiff(path)
+        image = _read_tiff(path, max_pixels)
     else:
         data = _read_bytes(path)
         if suffix in (".jpg", ".jpeg"):
             _check_jpeg(path, data)
+        _check_header_bytes(path, data, max_pixels)
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if image is None:
             raise ValueError(f"{path}: cannot decode image (corrupt or unsupported format)")
@@ -61,25 +99,28 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return image
 
 
-def read_mask(path: str | os.PathLike) -> np.ndarray:
+def read_mask(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read a single-channel label mask ``(H, W)`` without any value mapping.
 
-    PNG/TIFF are read as stored; a palette GIF gives its palette indices.
+    PNG/TIFF are read as stored; a palette GIF gives its palette indices. ``max_pixels``
+    as :func:`read_image`.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
-        mask = _read_tiff(path)
+        mask = _read_tiff(path, max_pixels)
     elif suffix == ".gif":
         if not path.is_file():
             raise FileNotFoundError(f"{path}: file not found")
         try:
             with Image.open(path) as im:
+                check_pixels(path, im.size[1], im.size[0], max_pixels)
                 mask = np.array(im)  # a writable copy
         except OSError as err:
             raise ValueError(f"{path}: cannot decode mask ({err})") from err
     else:
         data = _read_bytes(path)
+        _check_header_bytes(path, data, max_pixels)
         mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if mask is None:
             raise ValueError(f"{path}: cannot decode mask (corrupt or unsupported format)")
@@ -90,13 +131,22 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     return mask
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _read_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
     import tifffile
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     try:
-        array = tifffile.imread(path)
+        with tifffile.TiffFile(path) as tif:
+            if not tif.pages:
+                raise ValueError("no pages")
+            page = tif.pages[0]
+            check_pixels(path, int(page.imagelength), int(page.imagewidth), max_pixels)
+            array = tif.asarray()
+    except ValueError as err:
+        if "above the limit of" in str(err):
+            raise
+        raise ValueError(f"{path}: cannot decode TIFF ({err})") from err
     except Exception as err:  # tifffile raises many types for bad files
         raise ValueError(f"{path}: cannot decode TIFF ({err})") from err
     if array.size == 0 or array.ndim not in (2, 3):
@@ -104,8 +154,8 @@ def _read_tiff(path: Path) -> np.ndarray:
     return array
 
 
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """``(height, width)`` read from the file header only (no pixel decoding)."""
+def image_size(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """``(height, width)`` read from the file header only (no pixel decoding); refused above ``max_pixels``."""
     path = Path(path)
     try:
         with Image.open(path) as im:
@@ -114,6 +164,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         raise FileNotFoundError(f"{path}: file not found") from None
     except OSError as err:
         raise ValueError(f"{path}: cannot read image header ({err})") from err
+    check_pixels(path, height, width, max_pixels)
     return height, width
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from segkit.data.cache import MaskCache, file_sha256
-from segkit.data.io import image_size
+from segkit.data.io import DEFAULT_MAX_IMAGE_PIXELS, image_size
 from segkit.data.rle import rle_decode_many
 
 __all__ = ["RleTable", "cache_rle_masks", "read_rle_csv"]
@@ -52,8 +52,13 @@ class RleTable:
             raise
 
 
-def read_rle_csv(path: str | os.PathLike, id_column: str, rle_column: str) -> RleTable:
-    """Read and group an RLE CSV; errors name the file (and line) and what was expected."""
+def read_rle_csv(path: str | os.PathLike, id_column: str, rle_column: str, one_row_per_id: bool = False) -> RleTable:
+    """Read and group an RLE CSV; errors name the file (and line) and what was expected.
+
+    ``one_row_per_id``: each id has exactly one row (Carvana: one mask per image); otherwise
+    an id may have several rows (Airbus: one per ship), but not both an empty row ("no
+    object") and rows with runs.
+    """
     path = Path(path)
     columns = (id_column, rle_column)
     try:
@@ -68,6 +73,12 @@ def read_rle_csv(path: str | os.PathLike, id_column: str, rle_column: str) -> Rl
             f"{path}: expected columns {','.join(columns)}, found {','.join(map(str, frame.columns))} "
             f"(missing {', '.join(missing)})"
         )
+    extra = [str(c) for c in frame.columns if c not in columns]
+    if extra:
+        hint = " — a pandas index written by to_csv without index=False?" if any(c.startswith("Unnamed") for c in extra) else ""
+        raise ValueError(
+            f"{path}: unexpected column(s) {', '.join(extra)}; expected exactly {','.join(columns)}{hint}"
+        )
     if frame.empty:
         raise ValueError(f"{path}: the CSV has a header but no rows")
     ids = frame[id_column].str.strip()
@@ -80,8 +91,9 @@ def read_rle_csv(path: str | os.PathLike, id_column: str, rle_column: str) -> Rl
             f"{path}:{lines[i]}: {id_column} {ids.iloc[i]!r} is not a plain file name "
             "(empty, or contains a path separator or '..')"
         )
-    rows: dict[str, list[tuple[int, str]]] = {}
     has_rle = (rles != "").to_numpy()
+    _check_duplicates(path, id_column, ids.to_numpy(), lines, has_rle, one_row_per_id)
+    rows: dict[str, list[tuple[int, str]]] = {}
     for image_id, line, rle in zip(ids[has_rle], lines[has_rle], rles[has_rle]):
         rows.setdefault(image_id, []).append((int(line), rle))
     first_line: dict[str, int] = {}
@@ -90,12 +102,39 @@ def read_rle_csv(path: str | os.PathLike, id_column: str, rle_column: str) -> Rl
     return RleTable(path=path, ids=list(first_line), rows=rows, first_line=first_line)
 
 
+def _check_duplicates(
+    path: Path, id_column: str, ids: np.ndarray, lines: np.ndarray, has_rle: np.ndarray, one_row_per_id: bool
+) -> None:
+    """Raise naming both lines of the first id whose rows contradict each other."""
+    frame = pd.DataFrame({"id": ids, "line": lines, "has_rle": has_rle})
+    repeated = frame[frame.duplicated("id", keep=False)]
+    if repeated.empty:
+        return
+    if one_row_per_id:
+        second = repeated[repeated.duplicated("id", keep="first")].iloc[0]
+        first = int(repeated.line[repeated.id == second.id].iloc[0])
+        raise ValueError(
+            f"{path}:{int(second.line)}: {id_column} {second.id!r} appears again (first on line {first}); "
+            "each image must have exactly one row"
+        )
+    mixed = repeated.groupby("id", sort=False).has_rle.agg(["any", "all"])
+    conflicting = mixed.index[mixed["any"] & ~mixed["all"]]
+    if len(conflicting):
+        group = repeated[repeated.id == conflicting[0]]
+        empty, filled = int(group.line[~group.has_rle].iloc[0]), int(group.line[group.has_rle].iloc[0])
+        raise ValueError(
+            f"{path}:{empty}: {id_column} {conflicting[0]!r} has an empty mask here (no object) but runs on line "
+            f"{filled}: the rows contradict each other"
+        )
+
+
 def _is_plain_file_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
 
 
 def cache_rle_masks(
-    table: RleTable, directory: Path, images: Mapping[str, Path], order: str
+    table: RleTable, directory: Path, images: Mapping[str, Path], order: str,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> tuple[MaskCache, int]:
     """Decode the masks of ``images`` (id → image file, whose header gives the shape) from
     ``table`` into a PNG cache keyed by the CSV's hash; build or complete it if needed.
@@ -105,5 +144,5 @@ def cache_rle_masks(
     cache = MaskCache(directory, fingerprint=file_sha256(table.path))
     if cache.is_complete():
         return cache, 0
-    written = cache.build(sorted(images), lambda key: table.decode(key, image_size(images[key]), order))
+    written = cache.build(sorted(images), lambda key: table.decode(key, image_size(images[key], max_pixels), order))
     return cache, written

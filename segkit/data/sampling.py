@@ -4,6 +4,12 @@ They yield ``(index, augmentation_seed)`` pairs: :class:`~segkit.data.datasets.I
 seeds its augmentations for that sample from the pair, so the images of an epoch — order,
 choice and augmentation — are a function of (seed, epoch) alone, in the main process or a
 worker, and a resumed run replays them exactly.
+
+Under DDP every rank draws the same epoch and keeps its share (:meth:`_EpochSampler.shard`,
+set by the datamodule; Lightning's own sampler wrapping is off, ``use_distributed_sampler:
+false``): the union of the ranks' samples is the single-process epoch, and per-epoch
+background draws stay what they are on one process. :class:`ShardSampler` splits the
+validation set without repeating images, so metrics equal a single-process run.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = ["BackgroundRatioSampler", "EpochShuffleSampler", "background_subset"]
+__all__ = ["BackgroundRatioSampler", "EpochShuffleSampler", "ShardSampler", "background_subset"]
 
 SeededIndex = tuple[int, int]
 
@@ -36,12 +42,27 @@ class _EpochSampler(Sampler[SeededIndex]):
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = 0
+        self.rank, self.world_size = 0, 1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def shard(self, rank: int, world_size: int) -> None:
+        """Yield only rank ``rank``'s share of each epoch: every ``world_size``-th sample of
+        the epoch (padded by wrapping round to a multiple of ``world_size``, so every rank runs
+        the same number of steps, as DDP needs)."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        self.rank, self.world_size = rank, world_size
+
+    def _count(self) -> int:
+        raise NotImplementedError
+
     def _indices(self, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError
+
+    def __len__(self) -> int:
+        return -(-self._count() // self.world_size)
 
     def __iter__(self) -> Iterator[SeededIndex]:
         rng = np.random.default_rng((self.seed, self.epoch))
@@ -50,6 +71,9 @@ class _EpochSampler(Sampler[SeededIndex]):
             rng.shuffle(indices)
         seeds = rng.integers(0, 2**31 - 1, size=len(indices))
         self.epoch += 1
+        if self.world_size > 1 and len(indices):
+            total = len(self) * self.world_size
+            indices, seeds = np.resize(indices, total)[self.rank::self.world_size], np.resize(seeds, total)[self.rank::self.world_size]
         return iter(zip(indices.tolist(), seeds.tolist()))
 
 
@@ -60,7 +84,7 @@ class EpochShuffleSampler(_EpochSampler):
         super().__init__(seed, shuffle)
         self.size = size
 
-    def __len__(self) -> int:
+    def _count(self) -> int:
         return self.size
 
     def _indices(self, rng: np.random.Generator) -> np.ndarray:
@@ -93,8 +117,24 @@ class BackgroundRatioSampler(_EpochSampler):
         self.negatives = np.asarray(negatives, dtype=np.int64)
         self.ratio = ratio
 
-    def __len__(self) -> int:
+    def _count(self) -> int:
         return len(self.positives) + int(round(self.ratio * len(self.negatives)))
 
     def _indices(self, rng: np.random.Generator) -> np.ndarray:
         return np.concatenate([self.positives, background_subset(self.negatives, self.ratio, rng)])
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world_size, ...`` of ``0..size-1`` in order: each image on
+    exactly one rank, none repeated (ranks may run one batch more or less)."""
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        self.size, self.rank, self.world_size = size, rank, world_size
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.size, self.world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.size, self.world_size))
