@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from segkit.data.datamodule import Item, Scan, SegmentationDataModule
-from segkit.data.io import image_size, read_image, write_json_atomic, write_png_atomic
+from segkit.data.io import image_size, read_image, temporary_path, write_bytes_atomic, write_json_atomic, write_png_atomic
 from segkit.data.rasterize import polygon_area, rasterize_polygons
 from segkit.data.tiling import iter_patches
 
@@ -192,29 +193,42 @@ class DotaDataModule(SegmentationDataModule):
             raise ValueError(f"{len(problems)} problem(s) in DOTA data at {self.root}:\n  " + "\n  ".join(problems[:20]))
         fingerprint = self._source_fingerprint(pairs)
         manifest_path = self.patch_dir / "manifest.json"
-        if manifest_path.is_file():
-            manifest = json.loads(manifest_path.read_text())
-            if manifest.get("fingerprint") == fingerprint and manifest.get("complete"):
-                return [f"patches up to date: {manifest['patches']} patches of {manifest['scenes']} scenes in {self.patch_dir}"]
-        shutil.rmtree(self.patch_dir, ignore_errors=True)
-        (self.patch_dir / "images").mkdir(parents=True)
-        (self.patch_dir / "masks").mkdir()
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        if manifest.get("fingerprint") == fingerprint and manifest.get("complete"):
+            return [f"patches up to date: {manifest['patches']} patches of {manifest['scenes']} scenes in {self.patch_dir}"]
+        scene_dir = self.patch_dir / "scenes"  # one index fragment per finished scene
+        resumed = 0
+        if manifest.get("fingerprint") == fingerprint:  # an interrupted cut of the same data: continue it
+            resumed = sum(1 for name, _, _ in pairs if (scene_dir / f"{name}.csv").is_file())
+        else:  # other data or settings: start again
+            shutil.rmtree(self.patch_dir, ignore_errors=True)
+        for folder in ("images", "masks", "scenes"):
+            (self.patch_dir / folder).mkdir(parents=True, exist_ok=True)
         write_json_atomic(manifest_path, {"fingerprint": fingerprint, "complete": False})
         from tqdm.auto import tqdm
 
+        for name, image_path, label_path in tqdm(pairs, desc="cutting DOTA scenes", unit="scene"):
+            fragment = scene_dir / f"{name}.csv"
+            if fragment.is_file():
+                continue  # cut before the interruption: its patches were all in place before this was written
+            rows = io.StringIO()
+            writer = csv.writer(rows)
+            for patch_name, y, x in self._cut_scene(name, image_path, label_path):
+                writer.writerow([patch_name, name, y, x])
+            write_bytes_atomic(fragment, rows.getvalue().encode())
+        index_tmp = temporary_path(self.patch_dir / "index.csv")
         count = 0
-        index_tmp = self.patch_dir / ".index.csv.tmp"
         with index_tmp.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["patch", "source", "y", "x"])
-            for name, image_path, label_path in tqdm(pairs, desc="cutting DOTA scenes", unit="scene"):
-                for patch_name, y, x in self._cut_scene(name, image_path, label_path):
-                    writer.writerow([patch_name, name, y, x])
-                    count += 1
+            handle.write("patch,source,y,x\r\n")
+            for name, _, _ in pairs:
+                text = (scene_dir / f"{name}.csv").read_text()
+                count += text.count("\n")
+                handle.write(text)
         os.replace(index_tmp, self.patch_dir / "index.csv")
         write_json_atomic(manifest_path, {"fingerprint": fingerprint, "complete": True, "patches": count, "scenes": len(pairs),
                                           "patch_size": self.patch_size, "overlap": self.overlap})
-        return [f"cut {len(pairs)} scenes into {count} patches of {self.patch_size} px in {self.patch_dir}"]
+        done = f"cut {len(pairs)} scenes into {count} patches of {self.patch_size} px in {self.patch_dir}"
+        return [done + (f" (continued an interrupted cut: {resumed} scenes were already done)" if resumed else "")]
 
     def load_scene(self, image_path: Path, label_path: Path) -> tuple[np.ndarray, np.ndarray]:
         """A scene's RGB image and its rasterised class mask."""

@@ -25,7 +25,7 @@ import torch
 
 from segkit.module import SegmentationModule
 
-__all__ = ["CHECKPOINT_FORMAT", "LoadedCheckpoint", "load_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "LoadedCheckpoint", "load_checkpoint", "read_checkpoint"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -48,7 +48,11 @@ class LoadedCheckpoint:
         return list(self.preprocessing["class_names"])
 
 
-def _read(path: Path) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint's contents, loaded as data only (``torch.load(weights_only=True)``);
+    ``ValueError`` naming the file when it holds pickled objects other than tensors and
+    plain data (code would run on an ordinary load), or is no checkpoint at all."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint file not found")
     if not zipfile.is_zipfile(path):
@@ -75,7 +79,7 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
     checkpoint, or a checkpoint some other program wrote.
     """
     path = Path(path)
-    checkpoint = _read(path)
+    checkpoint = read_checkpoint(path)
     section = checkpoint.get("segkit")
     if not isinstance(section, dict) or "preprocessing" not in section or "state_dict" not in checkpoint:
         keys = ", ".join(sorted(map(str, checkpoint))[:8]) or "none"

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryF1Score
 
 from segkit.losses import build_loss
@@ -108,6 +109,11 @@ class SegmentationModule(L.LightningModule):
             )
         self.val_accuracy = BinaryAccuracy()
         self.val_f1 = BinaryF1Score()
+        # validation losses as torchmetrics means (sums of value x images, and of images):
+        # exact under DDP when ranks validate different numbers of images, where Lightning's
+        # own sync_dist mean divides by a per-rank integer batch count
+        self.val_loss_mean = MeanMetric()
+        self.val_ce_mean = MeanMetric()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` images → ``(B, num_classes, H, W)`` logits."""
@@ -201,15 +207,17 @@ class SegmentationModule(L.LightningModule):
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         if self.task == "classification":
             loss, logits, labels = self._classification_loss(batch)
-            self.log("val/cls_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
+            self.val_loss_mean.update(loss, weight=len(labels))
+            self.log("val/cls_loss", self.val_loss_mean, on_epoch=True, prog_bar=True)
             self.val_accuracy.update(torch.sigmoid(logits), labels.long())
             self.val_f1.update(torch.sigmoid(logits), labels.long())
             return
         logits = self(self._images(batch))
         loss = self.loss_fn(logits, batch["mask"])
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(logits), sync_dist=True)
-        ce = self.val_ce(logits, batch["mask"])
-        self.log(self.val_ce_name, ce, on_epoch=True, batch_size=len(logits), sync_dist=True)
+        self.val_loss_mean.update(loss, weight=len(logits))
+        self.log("val/loss", self.val_loss_mean, on_epoch=True, prog_bar=True)
+        self.val_ce_mean.update(self.val_ce(logits, batch["mask"]), weight=len(logits))
+        self.log(self.val_ce_name, self.val_ce_mean, on_epoch=True)
         self.val_metrics.update(self.predict_labels(logits), batch["mask"])
 
     def on_validation_epoch_end(self) -> None:

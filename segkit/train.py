@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segkit.callbacks import AtomicCheckpointIO, EpochSeeder, MetricsHistory
+from segkit.checkpoint import read_checkpoint
 from segkit.data.class_stats import read_class_weights
 from segkit.data.io import write_json_atomic
 from segkit.models import count_parameters
@@ -153,7 +153,7 @@ def fit_stage(
     datamodule = instantiate(cfg.data, **(data_overrides or {}), _convert_="all")
     module = build_module(cfg, datamodule, **(module_overrides or {}))
     if init_checkpoint:
-        state = torch.load(init_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+        state = read_checkpoint(init_checkpoint)["state_dict"]
         module.net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
     history = MetricsHistory()
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
@@ -167,6 +167,8 @@ def fit_stage(
     )
     last = stage_dir / "checkpoints" / "last.ckpt"
     ckpt_path = str(last) if resume and last.is_file() else None
+    if ckpt_path is not None:
+        read_checkpoint(ckpt_path)  # refuses a tampered checkpoint with a clear error before Lightning reads it
     lr = cfg.optimizer.get("lr")
     if lr_find and ckpt_path is None:
         lr = _find_lr(trainer, module, datamodule, stage_dir, {} if lr_find is True else dict(lr_find))

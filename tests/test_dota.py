@@ -200,3 +200,32 @@ def test_real_dota_scene_is_cut_into_a_padded_patch(tmp_path):
     assert image.shape == (1024, 1024, 3) and mask.shape == (1024, 1024)
     assert (mask[557:] == 255).all() and (mask[:, 712:] == 255).all()  # the 712x557 scene, padded
     assert set(np.unique(mask[:557, :712]).tolist()) == {0, 10, 11}
+
+
+def test_an_interrupted_cut_is_continued_not_redone(tmp_path, monkeypatch):
+    write_dota(tmp_path / "d")
+    dm = make_dm(tmp_path / "d", tmp_path)
+    real_cut = DotaDataModule._cut_scene
+
+    def dies_on_the_second_scene(self, name, image_path, label_path):
+        if name == "P0001":
+            yield from list(real_cut(self, name, image_path, label_path))[:1]  # one patch written, then killed
+            raise KeyboardInterrupt
+        yield from real_cut(self, name, image_path, label_path)
+
+    monkeypatch.setattr(DotaDataModule, "_cut_scene", dies_on_the_second_scene)
+    with pytest.raises(KeyboardInterrupt):
+        dm.prepare_dataset()
+    assert not (dm.patch_dir / "index.csv").exists()  # nothing looks complete
+    assert json.loads((dm.patch_dir / "manifest.json").read_text())["complete"] is False
+    first_scene = sorted((dm.patch_dir / "images").glob("P0000__*.png"))
+    stamps = {p: p.stat().st_mtime_ns for p in first_scene}
+
+    monkeypatch.setattr(DotaDataModule, "_cut_scene", real_cut)
+    messages = dm.prepare_dataset()
+    assert "continued an interrupted cut: 1 scenes were already done" in messages[0]
+    assert {p: p.stat().st_mtime_ns for p in first_scene} == stamps  # scene 1 not cut again
+    fresh = make_dm(tmp_path / "d", tmp_path / "fresh")
+    fresh.prepare_dataset()
+    assert (dm.patch_dir / "index.csv").read_text() == (fresh.patch_dir / "index.csv").read_text()
+    assert sorted(p.name for p in (dm.patch_dir / "masks").glob("*.png")) == sorted(p.name for p in (fresh.patch_dir / "masks").glob("*.png"))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -148,3 +150,27 @@ def test_the_datamodule_hands_each_rank_its_share(tmp_path):
     train, val = dm.train_dataloader(), dm.val_dataloader()
     assert train.sampler.rank == 1 and train.sampler.world_size == 2 and len(train.sampler) == 6
     assert list(val.sampler) == list(range(1, len(dm.val_dataset), 2))
+
+
+class Payload:
+    """Pickled code: creates ``path`` when unpickled by an ordinary ``torch.load``."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (Path(self.path).touch, ())
+
+
+def test_resume_refuses_a_tampered_checkpoint_before_running_any_of_it(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    last = run / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    marker = tmp_path / "code-ran"
+    checkpoint["callbacks"] = {"evil": Payload(marker)}
+    torch.save(checkpoint, last)
+    cfg = compose_config("train", [f"resume={run}", f"paths.run_dir={tmp_path / 'log'}"])
+    with pytest.raises(ValueError, match=rf"{last}: refused: the checkpoint holds objects other than tensors and plain data"):
+        run_training(cfg)
+    assert not marker.exists()

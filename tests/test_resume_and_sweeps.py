@@ -1,6 +1,7 @@
 """Resume after SIGKILL, multirun summaries and Optuna, through the real CLI."""
 
 import json
+import random
 import signal
 import subprocess
 import time
@@ -26,8 +27,9 @@ def checkpoint_epoch(path: Path) -> int | None:
         return None
 
 
-def kill_after_checkpoint(args, checkpoint: Path, cwd: Path, epoch: int = 0) -> None:
-    """Start a run, SIGKILL it as soon as ``checkpoint`` holds ``epoch``."""
+def kill_after_checkpoint(args, checkpoint: Path, cwd: Path, epoch: int = 0, delay: float = 0.0) -> None:
+    """Start a run, SIGKILL it ``delay`` seconds after ``checkpoint`` holds ``epoch``
+    (a delay lands the kill mid-epoch, in validation or in a checkpoint write)."""
     process = subprocess.Popen(segkit_command("segkit-train", *args), cwd=cwd, env=segkit_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -35,6 +37,8 @@ def kill_after_checkpoint(args, checkpoint: Path, cwd: Path, epoch: int = 0) -> 
         assert process.poll() is None, "the run ended before it could be killed"
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    time.sleep(delay)
+    assert process.poll() is None, "the run ended before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
@@ -62,6 +66,46 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     assert_same_weights(tmp_path / "straight" / "checkpoints" / "last.ckpt", killed / "checkpoints" / "last.ckpt")
     history = json.loads((killed / "metrics.json").read_text())["history"]
     assert [row["epoch"] for row in history] == [0, 1, 2, 3]  # the whole history survives the kill
+
+
+@pytest.mark.slow
+def test_kill_resume_loop_ends_as_the_uninterrupted_run(tmp_path):
+    """Killed three times at random points (seeded), resumed each time: the same weights,
+    metrics and history as a run never interrupted."""
+    args = [*TINY, *DETERMINISTIC, "trainer.max_epochs=6"]
+    straight = run(*args, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = tmp_path / "killed"
+    last = killed / "checkpoints" / "last.ckpt"
+    rng = random.Random(2026)
+    command = [*args, f"hydra.run.dir={killed}"]
+    for k, epoch in enumerate((0, 2, 3)):
+        kill_after_checkpoint(command, last, tmp_path, epoch=epoch, delay=rng.uniform(0.0, 0.4))
+        assert weights_finite_and_loadable(last)  # never a half-written checkpoint
+        command = [f"resume={killed}", f"hydra.run.dir={tmp_path / f'resume-{k}'}"]
+    resumed = run(*command, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_weights(tmp_path / "straight" / "checkpoints" / "last.ckpt", last)
+    ours, theirs = (json.loads((d / "metrics.json").read_text()) for d in (killed, tmp_path / "straight"))
+    assert [row["epoch"] for row in ours["history"]] == list(range(6))
+    assert ours["final"] == theirs["final"] and ours["best"] == theirs["best"]
+
+
+def weights_finite_and_loadable(path: Path) -> bool:
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_seeded_deterministic_runs_are_bit_identical(tmp_path):
+    # the CLI defaults (bf16-mixed + channels-last on this CPU), two loader workers
+    args = [*TINY, "data.num_workers=2", "trainer.deterministic=true", "trainer.max_epochs=2", "logger=csv"]
+    for name in ("a", "b"):
+        result = run(*args, f"hydra.run.dir={tmp_path / name}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_weights(tmp_path / "a" / "checkpoints" / "last.ckpt", tmp_path / "b" / "checkpoints" / "last.ckpt")
+    a, b = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("a", "b"))
+    assert a["history"] == b["history"]
 
 
 def test_killed_staged_run_resumes_mid_stage(tmp_path):
