@@ -4,6 +4,7 @@ from datamodules.airbus import AirbusDataModule
 from datamodules.buildings import BuildingsDataModule
 from datamodules.carvana import CarvanaDataModule
 from datamodules.dota import DotaDataModule
+from datamodules.folder import FolderDataModule
 from datamodules.oilseep import OilSeepDataModule
 from datamodules.synthetic import SyntheticDataModule
 
@@ -12,6 +13,7 @@ __all__ = [
     "BuildingsDataModule",
     "CarvanaDataModule",
     "DotaDataModule",
+    "FolderDataModule",
     "OilSeepDataModule",
     "SyntheticDataModule",
 ]

@@ -13,14 +13,13 @@ pair identical names). The validation split is a JSON list of image names
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from segkit.data.datamodule import Item, Scan, SegmentationDataModule
 from segkit.data.datasets import MaskValues
 from segkit.data.io import write_json_atomic
-from segkit.data.splits import group_split
+from segkit.data.splits import group_split, read_name_list
 
 __all__ = ["BuildingsDataModule"]
 
@@ -116,7 +115,7 @@ class BuildingsDataModule(SegmentationDataModule):
     def split(self, items: list[Item]) -> tuple[list[int], list[int]]:
         source = Path(self.split_file) if self.split_file else self.prepared_split
         if source.is_file():
-            val_names = _read_name_list(source)
+            val_names = read_name_list(source)
             by_name = {i.name: n for n, i in enumerate(items)} | {i.image.name: n for n, i in enumerate(items)}
             unknown = [n for n in val_names if n not in by_name]
             if unknown:
@@ -139,12 +138,3 @@ class BuildingsDataModule(SegmentationDataModule):
         write_json_atomic(self.prepared_split, names)
         return [f"wrote a deterministic validation split of {len(names)} images to {self.prepared_split}"]
 
-
-def _read_name_list(path: Path) -> list[str]:
-    try:
-        names = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); expected a list of image names") from None
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"{path}: expected a JSON list of image names (strings)")
-    return names

@@ -41,8 +41,11 @@ def run_prepare(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run_check(datamodule: Any) -> list[str]:
-    """Print every problem of the dataset's files (one per line) and return them."""
+    """Print every problem of the dataset's files (one per line) and return them; datasets
+    that can describe their classes (``class_report``, e.g. ``dataset=folder``) print that too."""
     problems = datamodule.check()
+    if hasattr(datamodule, "class_report"):
+        print("\n".join(datamodule.class_report()))
     if problems:
         print(f"{len(problems)} problem(s) found in {datamodule.kind} data at {datamodule.root}:")
         for problem in problems:

@@ -42,11 +42,33 @@ class MaskValues:
     """Checks (and maps) mask values: labels ``0..n_labels-1`` plus ``ignore_index``.
 
     ``scale_255``: binary masks stored as {0, 255} become {0, 1}; {0, 1} is accepted too.
+    ``palette``: colour-coded RGB masks; ``palette[k]`` is the ``(r, g, b)`` of class ``k``
+    (the masks are read as RGB images, every colour must be in the palette).
     """
 
     n_labels: int
     ignore_index: int | None = None
     scale_255: bool = False
+    palette: tuple[tuple[int, int, int], ...] | None = None
+
+    def from_colours(self, mask: np.ndarray, path: Path | str) -> np.ndarray:
+        """An ``(H, W, 3)`` RGB mask → ``(H, W)`` class indices by ``palette``."""
+        if mask.ndim != 3 or mask.shape[2] < 3:
+            raise ValueError(f"{path}: a colour-coded mask must be RGB, got shape {mask.shape}")
+        rgb = mask[:, :, :3].astype(np.uint32)
+        codes = (rgb[:, :, 0] << 16) | (rgb[:, :, 1] << 8) | rgb[:, :, 2]
+        palette = np.array([(r << 16) | (g << 8) | b for r, g, b in self.palette], dtype=np.uint32)
+        order = np.argsort(palette)
+        position = np.clip(np.searchsorted(palette[order], codes), 0, len(palette) - 1)
+        known = palette[order][position] == codes
+        if not known.all():
+            unknown = np.unique(codes[~known])
+            shown = ", ".join(f"({c >> 16}, {(c >> 8) & 255}, {c & 255})" for c in unknown[:5].tolist())
+            raise ValueError(
+                f"{path}: {int((~known).sum())} pixel(s) of {len(unknown)} colour(s) not in the palette: {shown}"
+                f"{' ...' if len(unknown) > 5 else ''} (data.palette lists the colour of each class)"
+            )
+        return order[position].astype(self.dtype)
 
     @property
     def dtype(self) -> type:
@@ -60,6 +82,8 @@ class MaskValues:
         return np.int64
 
     def __call__(self, mask: np.ndarray, path: Path | str) -> np.ndarray:
+        if self.palette is not None:
+            return self.from_colours(mask, path)
         if self.scale_255:
             values = np.unique(mask)
             if not set(values.tolist()) <= {0, 1, 255} or (1 in values and 255 in values):
@@ -121,6 +145,8 @@ class ImageMaskDataset(Dataset):
         mask_path = self.mask_paths[index]
         if mask_path is None:
             return np.zeros(shape or image_size(self.image_paths[index], self.image_spec.max_pixels), dtype=np.uint8)
+        if self.mask_values.palette is not None:  # colour-coded: read as an RGB image
+            return self.mask_values(read_image(mask_path, self.image_spec.max_pixels), mask_path)
         return self.mask_values(read_mask(mask_path, self.image_spec.max_pixels), mask_path)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:

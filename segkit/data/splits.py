@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["stratified_split"]
+__all__ = ["group_split", "read_name_list", "stratified_split"]
 
 
 def stratified_split(
@@ -59,3 +61,21 @@ def group_split(
     train = [i for i in range(len(keys)) if groups[i] not in val_groups]
     val = [i for i in range(len(keys)) if groups[i] in val_groups]
     return sorted(train, key=lambda i: keys[i]), sorted(val, key=lambda i: keys[i])
+
+
+def read_name_list(path: str | Path) -> list[str]:
+    """Image names from a split file: a JSON list of strings (``.json``), or one name per
+    line (any other suffix; blank lines and ``#`` comments skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"split file {path} does not exist (a JSON list, or one image name per line)")
+    text = path.read_text()
+    if path.suffix.lower() == ".json":
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err}); expected a list of image names") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"{path}: expected a JSON list of image names (strings)")
+        return names
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]

@@ -1,0 +1,231 @@
+"""Your own data: a folder of images and a folder of masks, matched by file name.
+
+::
+
+    <root>/images/<stem>.<jpg|png|tif|...>      any of JPEG / PNG / BMP / 8- or 16-bit TIFF,
+                                                  single- or multi-channel
+    <root>/masks/<mask_pattern>.<png|tif|...>    e.g. mask_pattern "{stem}_mask"
+
+or, with ``split: folders``, ``<root>/train/{images,masks}`` and ``<root>/val/{images,masks}``.
+
+Mask encodings (``mask_encoding``):
+
+- ``index``: pixel values are class indices ``0..num_classes-1`` (binary: 0/1);
+- ``binary``: 0 = background, 255 (or 1) = foreground;
+- ``rgb``: colour-coded, ``palette[k]`` is the ``[r, g, b]`` of class ``k``.
+
+Splits (``split``): ``ratio`` (a deterministic ``val_fraction`` of the images, by
+``seed``), ``list`` (``val_list``: the validation stems inline, or a file of them — JSON
+list or one per line), ``folders`` (``train/`` and ``val/`` subfolders).
+Everything else — readers, transforms, caching of nothing, checks — is the shared
+:class:`~segkit.data.datamodule.SegmentationDataModule`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segkit.data.datamodule import Item, Scan, SegmentationDataModule
+from segkit.data.datasets import MaskValues
+from segkit.data.splits import group_split, read_name_list
+
+__all__ = ["FolderDataModule"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+MASK_SUFFIXES = (".png", ".tif", ".tiff", ".gif", ".bmp")
+ENCODINGS = ("index", "binary", "rgb")
+SPLITS = ("ratio", "list", "folders")
+
+
+class FolderDataModule(SegmentationDataModule):
+    """Images and masks from two folders, paired by stem.
+
+    Args:
+        root: the dataset folder.
+        images_dir, masks_dir: folders below ``root`` (below ``root/train`` and ``root/val``
+            with ``split: folders``).
+        mask_pattern: the mask's file stem, ``{stem}`` standing for the image's stem.
+        mask_encoding: ``index`` | ``binary`` | ``rgb`` (see the module docstring).
+        palette: ``rgb``: the ``[r, g, b]`` of each class, in class order.
+        class_names: names of the classes (two for binary: ``[background, thing]``), for
+            metric keys and reports.
+        image_dtype: ``uint8`` / ``uint16`` every image must have, or ``None`` for any.
+        split: ``ratio`` | ``list`` | ``folders``.
+        val_list: ``split: list``: validation image stems, or the path of a file holding them.
+        train_dir, val_dir: ``split: folders``: the two subfolders of ``root``.
+        **kwargs: everything :class:`SegmentationDataModule` takes (``num_classes``,
+            ``in_channels``, ``image_size``, ``augment``, ``normalize``, ...).
+    """
+
+    kind = "folder"
+
+    def __init__(
+        self,
+        root: str | None = None,
+        images_dir: str = "images",
+        masks_dir: str = "masks",
+        mask_pattern: str = "{stem}",
+        mask_encoding: str = "index",
+        palette: Sequence[Sequence[int]] | None = None,
+        class_names: Sequence[str] | None = None,
+        image_dtype: str | None = None,
+        split: str = "ratio",
+        val_list: str | Sequence[str] | None = None,
+        train_dir: str = "train",
+        val_dir: str = "val",
+        num_classes: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        if mask_encoding not in ENCODINGS:
+            raise ValueError(f"data.mask_encoding must be one of {', '.join(ENCODINGS)}, got {mask_encoding!r}")
+        if split not in SPLITS:
+            raise ValueError(f"data.split must be one of {', '.join(SPLITS)}, got {split!r}")
+        if "{stem}" not in mask_pattern:
+            raise ValueError(f"data.mask_pattern must contain {{stem}} (e.g. '{{stem}}_mask'), got {mask_pattern!r}")
+        n_labels = max(num_classes, 2)
+        if mask_encoding == "rgb":
+            if not palette or any(len(colour) != 3 for colour in palette):
+                raise ValueError("data.mask_encoding=rgb needs data.palette: one [r, g, b] per class, in class order")
+            if len(palette) != n_labels:
+                raise ValueError(f"data.palette has {len(palette)} colours but there are {n_labels} classes (data.num_classes)")
+            if len({tuple(c) for c in palette}) != len(palette):
+                raise ValueError("data.palette: two classes have the same colour")
+        if mask_encoding == "binary" and num_classes > 2:
+            raise ValueError(f"data.mask_encoding=binary has two classes, but data.num_classes={num_classes}")
+        if class_names is not None and len(class_names) != n_labels:
+            raise ValueError(f"data.class_names has {len(class_names)} names but there are {n_labels} classes")
+        if split == "list" and not val_list:
+            raise ValueError("data.split=list needs data.val_list: validation image stems, or a file listing them")
+        if image_dtype not in (None, "uint8", "uint16"):
+            raise ValueError(f"data.image_dtype must be uint8, uint16 or null, got {image_dtype!r}")
+        super().__init__(root=root, num_classes=num_classes, **kwargs)
+        self.images_dir = images_dir
+        self.masks_dir = masks_dir
+        self.mask_pattern = mask_pattern
+        self.mask_encoding = mask_encoding
+        self.palette = None if palette is None else tuple(tuple(int(v) for v in colour) for colour in palette)
+        self.default_class_names = None if class_names is None else tuple(class_names)
+        self.image_dtype = image_dtype
+        self.split_mode = split
+        self.val_list = val_list
+        self.train_dir = train_dir
+        self.val_dir = val_dir
+
+    def layout_help(self) -> str:
+        mask = self.mask_pattern.replace("{stem}", "<stem>")
+        if self.split_mode == "folders":
+            return (f"expected {self.train_dir}/{self.images_dir}/<stem>.<ext> with {self.train_dir}/{self.masks_dir}/{mask}.<ext>, "
+                    f"and the same under {self.val_dir}/")
+        return f"expected {self.images_dir}/<stem>.<jpg|png|tif|...> and {self.masks_dir}/{mask}.<png|tif|...>"
+
+    # ----------------------------------------------------------------- pairing
+    def _mask_stem_regex(self) -> re.Pattern:
+        return re.compile("^" + re.escape(self.mask_pattern).replace(re.escape("{stem}"), "(?P<stem>.+)") + "$")
+
+    def _pair(self, image_dir: Path, mask_dir: Path, group: str, problems: list[str]) -> list[Item]:
+        self.require_paths(image_dir, mask_dir)
+        images: dict[str, Path] = {}
+        for path in sorted(image_dir.iterdir()):
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if path.stem in images:
+                problems.append(f"{path}: two images with the stem {path.stem!r} ({images[path.stem].name} too)")
+                continue
+            images[path.stem] = path
+        pattern = self._mask_stem_regex()
+        masks: dict[str, Path] = {}
+        for path in sorted(mask_dir.iterdir()):
+            if path.suffix.lower() not in MASK_SUFFIXES:
+                continue
+            match = pattern.match(path.stem)
+            if match is None:
+                problems.append(f"{path}: mask name does not follow data.mask_pattern {self.mask_pattern!r}")
+                continue
+            stem = match.group("stem")
+            if stem in masks:
+                problems.append(f"{path}: two masks for the image stem {stem!r} ({masks[stem].name} too)")
+                continue
+            masks[stem] = path
+        expected = self.mask_pattern.replace("{stem}", "{}")
+        problems += [
+            f"{images[s]}: image has no mask (looked for {mask_dir / expected.format(s)}.<{'|'.join(x[1:] for x in MASK_SUFFIXES)}>)"
+            for s in images if s not in masks
+        ]
+        problems += [f"{masks[s]}: mask has no image {image_dir / s}.<{'|'.join(x[1:] for x in IMAGE_SUFFIXES)}>"
+                     for s in masks if s not in images]
+        prefix = f"{group}/" if self.split_mode == "folders" else ""
+        return [Item(prefix + s, images[s], masks[s], group=group) for s in images if s in masks]
+
+    def scan(self) -> Scan:
+        problems: list[str] = []
+        if self.split_mode == "folders":
+            items = []
+            for part in (self.train_dir, self.val_dir):
+                items += self._pair(self.root / part / self.images_dir, self.root / part / self.masks_dir, part, problems)
+        else:
+            items = self._pair(self.root / self.images_dir, self.root / self.masks_dir, "all", problems)
+        return Scan(items, problems)
+
+    def mask_values(self) -> MaskValues:
+        return MaskValues(
+            n_labels=max(self.num_classes, 2), ignore_index=self.ignore_index,
+            scale_255=self.mask_encoding == "binary", palette=self.palette if self.mask_encoding == "rgb" else None,
+        )
+
+    # ------------------------------------------------------------------- split
+    def split(self, items: list[Item]) -> tuple[list[int], list[int]]:
+        if self.split_mode == "folders":
+            return ([n for n, i in enumerate(items) if i.group == self.train_dir],
+                    [n for n, i in enumerate(items) if i.group == self.val_dir])
+        if self.split_mode == "ratio":
+            return group_split([i.name for i in items], [i.name for i in items], self.val_fraction, self.seed)
+        source = "data.val_list"
+        if isinstance(self.val_list, str):
+            source = self.val_list
+            names = read_name_list(self.val_list)
+        else:
+            names = [str(n) for n in self.val_list]
+        by_name = {i.name: n for n, i in enumerate(items)} | {i.image.name: n for n, i in enumerate(items)}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise ValueError(f"{source}: {len(unknown)} name(s) match no image in {self.root / self.images_dir}, e.g. {unknown[:3]}")
+        val = {by_name[n] for n in names}
+        return [n for n in range(len(items)) if n not in val], sorted(val)
+
+    # ----------------------------------------------------------------- reports
+    def class_report(self) -> list[str]:
+        """Pixels per class over every mask (``segkit-prepare dataset=folder check=true``),
+        with a warning when the classes found disagree with ``num_classes``."""
+        scan = self._scan or self.scan()
+        dataset = self.raw_dataset(scan.items)
+        n_labels = max(self.num_classes, 2)
+        counts = np.zeros(n_labels, dtype=np.int64)
+        ignored = 0
+        for index in range(len(dataset)):
+            try:
+                mask = dataset.load_mask(index)
+            except (ValueError, FileNotFoundError):
+                continue  # listed among the problems
+            flat = mask.ravel().astype(np.int64)
+            if self.ignore_index is not None:
+                ignored += int((flat == self.ignore_index).sum())
+                flat = flat[flat != self.ignore_index]
+            counts += np.bincount(flat, minlength=n_labels)[:n_labels]
+        names = self.class_names
+        total = max(int(counts.sum()), 1)
+        lines = [f"classes in {len(dataset)} masks ({self.mask_encoding} encoding):"]
+        lines += [f"  {k} {names[k]:<16} {int(c):>14,} px  {100 * c / total:6.2f}%" for k, c in enumerate(counts)]
+        if ignored:
+            lines.append(f"  ignore_index {self.ignore_index}: {ignored:,} px")
+        absent = [k for k, c in enumerate(counts) if c == 0]
+        if absent:
+            lines.append(
+                f"warning: data.num_classes={self.num_classes} but class(es) {absent} never occur in the masks — "
+                "is num_classes (or the palette) right?"
+            )
+        return lines
