@@ -1,6 +1,7 @@
 # make demo  — set up (once) and train on the embedded synthetic dataset
 # make test  — set up (once) and run the test suite
 # make bench — set up (once) and run the benchmarks (prints ratios against baselines)
+# make quality — set up (once), train and evaluate on the real samples in ../shared/realdata
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ PYTEST_ARGS ?=
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench quality clean
 
 setup: $(STAMP)
 
@@ -34,6 +35,12 @@ $(VENV)/.segkit-bench: $(STAMP)
 
 bench: setup $(VENV)/.segkit-bench
 	HF_HUB_OFFLINE=1 $(PY) bench/run.py
+
+# segmentation quality on real data: membrane (ISBI EM) and oil-seep SAR, with baselines;
+# results appended to bench/RESULTS.md, runs in outputs/quality/ (QUALITY_ARGS="--set trainer.max_epochs=200" for a GPU)
+QUALITY_ARGS ?=
+quality: setup
+	HF_HUB_OFFLINE=1 $(PY) -m bench.quality $(QUALITY_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info outputs .pytest_cache

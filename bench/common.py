@@ -59,6 +59,7 @@ class Report:
     title: str
     rows: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    markdown: list[str] = field(default_factory=list)  # written as is after the lines (tables)
 
     def compare(self, name: str, ours: float, baseline: float, unit: str, target: str = "", higher_is_better: bool = True) -> float:
         """Print ``name: ours X, baseline Y, ratio Z``; the ratio is > 1 when ours is better."""
@@ -86,6 +87,7 @@ class Report:
         text += self.rows
         text += ["```"]
         text += [f"- {n}" for n in self.notes]
+        text += self.markdown
         with RESULTS.open("a") as f:
             f.write("\n".join(text) + "\n")
 
