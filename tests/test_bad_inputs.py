@@ -164,21 +164,20 @@ def test_wrong_dtype(tmp_path):
     assert problems == [f"{victim}: image is 8-bit (uint8), the dataset expects 16-bit (uint16)"]
 
 
-def test_wrong_channel_count(tmp_path):
+@pytest.mark.parametrize(
+    "replaced, shape, message",
+    [
+        ("images/img_0.tif", (32, 32), r"image has 1 channel\(s\), the dataset expects 3 \(data.in_channels\)"),
+        ("masks/mask_5.tif", (16, 16), r"mask is 16x16 but its image .*img_5.tif is 32x32"),
+    ],
+    ids=["wrong channel count", "mask and image sizes differ"],
+)
+def test_a_file_replaced_by_one_of_another_shape(tmp_path, replaced, shape, message):
     write_buildings(tmp_path / "b", n=6)
-    victim = tmp_path / "b" / "train" / "images" / "img_0.tif"
-    tifffile.imwrite(victim, np.zeros((32, 32), np.uint8))
+    victim = tmp_path / "b" / "train" / replaced
+    tifffile.imwrite(victim, np.zeros(shape, np.uint8))
     dm = BuildingsDataModule(root=str(tmp_path / "b"), **options(tmp_path))
-    with pytest.raises(ValueError, match=rf"{victim}: image has 1 channel\(s\), the dataset expects 3 \(data.in_channels\)"):
-        dm.setup()
-
-
-def test_mask_and_image_sizes_differ(tmp_path):
-    write_buildings(tmp_path / "b", n=6)
-    victim = tmp_path / "b" / "train" / "masks" / "mask_5.tif"
-    tifffile.imwrite(victim, np.zeros((16, 16), np.uint8))
-    dm = BuildingsDataModule(root=str(tmp_path / "b"), **options(tmp_path))
-    with pytest.raises(ValueError, match=rf"{victim}: mask is 16x16 but its image .*img_5.tif is 32x32"):
+    with pytest.raises(ValueError, match=rf"{victim}: {message}"):
         dm.setup()
 
 
