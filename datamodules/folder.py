@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from segkit.data.class_stats import count_pixels
 from segkit.data.datamodule import Item, Scan, SegmentationDataModule
 from segkit.data.datasets import MaskValues
 from segkit.data.splits import group_split, read_name_list
@@ -211,11 +212,9 @@ class FolderDataModule(SegmentationDataModule):
                 mask = dataset.load_mask(index)
             except (ValueError, FileNotFoundError):
                 continue  # listed among the problems
-            flat = mask.ravel().astype(np.int64)
             if self.ignore_index is not None:
-                ignored += int((flat == self.ignore_index).sum())
-                flat = flat[flat != self.ignore_index]
-            counts += np.bincount(flat, minlength=n_labels)[:n_labels]
+                ignored += int((mask == self.ignore_index).sum())
+            counts += count_pixels(mask, n_labels, self.ignore_index)
         names = self.class_names
         total = max(int(counts.sum()), 1)
         lines = [f"classes in {len(dataset)} masks ({self.mask_encoding} encoding):"]

@@ -301,13 +301,7 @@ class SegmentationDataModule(L.LightningDataModule):
             return
         count = min(self.setup_sample_size, len(items))
         picks = sorted({round(i * (len(items) - 1) / max(count - 1, 1)) for i in range(count)})
-        dataset = self.raw_dataset([items[i] for i in picks])
-        problems = []
-        for index in range(len(dataset)):
-            try:
-                dataset.load(index)
-            except (ValueError, FileNotFoundError) as err:
-                problems.append(str(err))
+        problems = self._load_problems([items[i] for i in picks])
         if problems:
             raise ValueError(
                 f"{len(problems)} of {len(picks)} sampled {self.kind} images at {self.root} cannot be used:\n  "
@@ -322,11 +316,18 @@ class SegmentationDataModule(L.LightningDataModule):
             scan = self._scan or self.scan()
         except (ValueError, FileNotFoundError) as err:
             return [str(err)]
-        problems = list(scan.problems)
-        dataset = self.raw_dataset(scan.items)
-        from tqdm.auto import tqdm
+        return list(scan.problems) + self._load_problems(scan.items, progress=True)
 
-        for index in tqdm(range(len(dataset)), desc=f"checking {self.kind}", unit="img"):
+    def _load_problems(self, items: Sequence[Item], progress: bool = False) -> list[str]:
+        """Decode every item as stored (image, mask, their checks); the message of each failure."""
+        dataset = self.raw_dataset(items)
+        indices = range(len(dataset))
+        if progress:
+            from tqdm.auto import tqdm
+
+            indices = tqdm(indices, desc=f"checking {self.kind}", unit="img")
+        problems = []
+        for index in indices:
             try:
                 dataset.load(index)
             except (ValueError, FileNotFoundError) as err:
