@@ -13,6 +13,7 @@ draws all ship images plus a fresh ``background_ratio`` share of the ship-free o
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,9 @@ class AirbusDataModule(SegmentationDataModule):
     def csv_path(self) -> Path:
         return self.root / self.csv_file
 
+    def channel_fix(self) -> str:
+        return "Airbus images are RGB: convert the file to RGB, or remove it (data.on_bad_file=skip skips it)"
+
     @property
     def image_dir(self) -> Path:
         return self.root / self.images_dir
@@ -104,14 +108,14 @@ class AirbusDataModule(SegmentationDataModule):
         index = self._load_index()
         present = set(os.listdir(self.image_dir))
         masks = self.work_dir / "masks"
-        items, problems = [], []
+        items, missing = [], []
         for image_id in index.ids:
             if image_id not in present:
-                problems.append(f"{self.csv_path}: ImageId {image_id!r} has no image {self.image_dir / image_id}")
+                missing.append(f"{self.csv_path}:{index.first_line[image_id]}: ImageId {image_id!r} has no image {self.image_dir / image_id}")
                 continue
             mask = masks / f"{image_id}.png" if index.has_mask(image_id) else None
             items.append(Item(name=image_id, image=self.image_dir / image_id, mask=mask, group=image_id))
-        return Scan(items, problems)
+        return Scan(items, missing=missing)
 
     def _load_index(self) -> RleTable:
         if self.index is None:
@@ -120,6 +124,10 @@ class AirbusDataModule(SegmentationDataModule):
 
     def fingerprint(self) -> str:
         return file_sha256(self.csv_path)
+
+    def source_mask_decoder(self):
+        """Masks decoded from the CSV's RLE rows (checks and evaluation need no mask cache)."""
+        return functools.partial(self._load_index().decode, order=RLE_ORDER)
 
     # ------------------------------------------------------------ preparation
     def _mask_cache(self) -> MaskCache:

@@ -18,7 +18,7 @@ from typing import Any
 
 from segkit.data.datamodule import Item, Scan, SegmentationDataModule
 from segkit.data.datasets import MaskValues
-from segkit.data.io import write_json_atomic
+from segkit.data.io import list_files, write_json_atomic
 from segkit.data.splits import group_split, read_name_list
 
 __all__ = ["BuildingsDataModule"]
@@ -77,7 +77,7 @@ class BuildingsDataModule(SegmentationDataModule):
 
     def _keyed(self, folder: Path, prefix: str, problems: list[str]) -> dict[str, Path]:
         keyed = {}
-        for path in sorted(folder.glob("*.tif")):
+        for path in list_files(folder, (".tif", ".tiff")):
             if not path.stem.startswith(prefix):
                 problems.append(f"{path}: file name does not start with {prefix!r}")
                 continue
@@ -91,9 +91,9 @@ class BuildingsDataModule(SegmentationDataModule):
         images = self._keyed(image_dir, self.image_prefix, problems)
         masks = self._keyed(mask_dir, self.mask_prefix, problems)
         items = [Item(images[k].stem, images[k], masks[k], group=images[k].stem) for k in images if k in masks]
-        problems += [f"{images[k]}: image has no mask {mask_dir / (self.mask_prefix + k + '.tif')}" for k in images if k not in masks]
-        problems += [f"{masks[k]}: mask has no image {image_dir / (self.image_prefix + k + '.tif')}" for k in masks if k not in images]
-        return Scan(items, problems)
+        missing = [f"{images[k]}: image has no mask {mask_dir / (self.mask_prefix + k + '.tif')}" for k in images if k not in masks]
+        missing += [f"{masks[k]}: mask has no image {image_dir / (self.image_prefix + k + '.tif')}" for k in masks if k not in images]
+        return Scan(items, problems, missing)
 
     def mask_values(self) -> MaskValues:
         return MaskValues(n_labels=2, ignore_index=self.ignore_index, scale_255=True)

@@ -13,6 +13,7 @@ once into a PNG cache). Train and validation are split **by car**, never by imag
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ import numpy as np
 
 from segkit.data.cache import MaskCache
 from segkit.data.datamodule import Item, Scan, SegmentationDataModule
-from segkit.data.io import read_mask
+from segkit.data.datasets import MaskValues
+from segkit.data.io import list_files, read_mask
 from segkit.data.rle_csv import RleTable, cache_rle_masks, read_rle_csv
 
 __all__ = ["CarvanaDataModule", "car_id"]
@@ -88,7 +90,7 @@ class CarvanaDataModule(SegmentationDataModule):
     def scan(self) -> Scan:
         image_dir = self.root / self.images_dir
         self.require_paths(image_dir)
-        images = {p.name: p for p in sorted(image_dir.glob("*.jpg"))}
+        images = {p.name: p for p in list_files(image_dir, (".jpg", ".jpeg"))}
         problems = [f"{p}: file name is not <car>_<NN>.jpg" for p in images.values() if "_" not in p.stem]
         if self.mask_source == "gif":
             return self._scan_gif(images, problems)
@@ -97,16 +99,16 @@ class CarvanaDataModule(SegmentationDataModule):
     def _scan_gif(self, images: dict[str, Path], problems: list[str]) -> Scan:
         mask_dir = self.root / self.masks_dir
         self.require_paths(mask_dir)
-        masks = {p.name: p for p in mask_dir.glob("*_mask.gif")}
-        items = []
+        masks = {p.name: p for p in list_files(mask_dir, (".gif",)) if p.name.endswith("_mask.gif")}
+        items, missing = [], []
         for name, path in images.items():
             mask = masks.pop(f"{path.stem}_mask.gif", None)
             if mask is None:
-                problems.append(f"{path}: image has no mask {mask_dir / (path.stem + '_mask.gif')}")
+                missing.append(f"{path}: image has no mask {mask_dir / (path.stem + '_mask.gif')}")
                 continue
             items.append(Item(name=name, image=path, mask=mask, group=car_id(path.stem)))
-        problems += [f"{p}: mask has no image {self.root / self.images_dir / p.name.replace('_mask.gif', '.jpg')}" for p in sorted(masks.values())]
-        return Scan(items, problems)
+        missing += [f"{p}: mask has no image {self.root / self.images_dir / p.name.replace('_mask.gif', '.jpg')}" for p in sorted(masks.values())]
+        return Scan(items, problems, missing)
 
     def _table_(self) -> RleTable:
         if self._table is None:
@@ -117,15 +119,15 @@ class CarvanaDataModule(SegmentationDataModule):
     def _scan_csv(self, images: dict[str, Path], problems: list[str]) -> Scan:
         table = self._table_()
         masks = self.work_dir / "masks"
-        items = []
+        items, missing = [], []
         for name in table.ids:
             if name not in images:
-                problems.append(f"{self.csv_path}:{table.first_line[name]}: img {name!r} has no image {self.root / self.images_dir / name}")
+                missing.append(f"{self.csv_path}:{table.first_line[name]}: img {name!r} has no image {self.root / self.images_dir / name}")
                 continue
             path = images.pop(name)
             items.append(Item(name=name, image=path, mask=masks / f"{name}.png", group=car_id(path.stem)))
-        problems += [f"{p}: image has no row in {self.csv_path}" for p in images.values()]
-        return Scan(items, problems)
+        missing += [f"{p}: image has no row in {self.csv_path}" for p in images.values()]
+        return Scan(items, problems, missing)
 
     # ------------------------------------------------------------ preparation
     def _mask_cache(self) -> MaskCache:
@@ -146,13 +148,25 @@ class CarvanaDataModule(SegmentationDataModule):
             self._mask_cache()
         super().setup(stage)
 
+    def mask_values(self) -> MaskValues:
+        """GIF masks are read by their colours (car white = 255, see ``read_mask``); the CSV's
+        decoded masks and their cache are 0/1: both map to 0/1."""
+        return MaskValues(n_labels=2, ignore_index=self.ignore_index, scale_255=True)
+
+    def source_mask_decoder(self):
+        """``mask_source=csv``: masks decoded from the CSV's RLE rows (checks and evaluation need no cache)."""
+        if self.mask_source != "csv":
+            return None
+        return functools.partial(self._table_().decode, order=RLE_ORDER)
+
+    def empty_val_hint(self) -> str:
+        cars = len({i.group for i in self._scan.items}) if self._scan is not None else "?"
+        return (f"Carvana is split by car (the 16 views of a car are near-duplicates) and there are {cars} car(s): "
+                f"add the images of more cars, or raise data.val_fraction (now {self.val_fraction})")
+
     def check(self) -> list[str]:
-        """The base checks; with ``mask_source=csv`` and GIFs present, also CSV mask == GIF mask."""
-        if self.mask_source == "csv":
-            try:
-                self._mask_cache()
-            except (ValueError, FileNotFoundError) as err:
-                return [str(err)]
+        """The base checks (the CSV's RLE decoded, never the cache); with ``mask_source=csv`` and
+        GIFs present, also CSV mask == GIF mask."""
         problems = super().check()
         if self.mask_source == "csv" and (self.root / self.masks_dir).is_dir():
             problems += self._compare_csv_with_gifs()
@@ -161,12 +175,16 @@ class CarvanaDataModule(SegmentationDataModule):
     def _compare_csv_with_gifs(self) -> list[str]:
         table = self._table_()
         problems = []
-        for item in self.items():
+        scan = self._scan or self.scan()
+        for item in scan.items:
             gif = self.root / self.masks_dir / f"{Path(item.name).stem}_mask.gif"
             if not gif.is_file():
                 continue
-            from_csv = self.mask_values()(read_mask(item.mask), item.mask)
-            from_gif = self.mask_values()(read_mask(gif), gif)
+            try:
+                from_gif = self.mask_values()(read_mask(gif), gif)
+                from_csv = self.mask_values()(table.decode(item.name, from_gif.shape, RLE_ORDER), self.csv_path)
+            except (ValueError, FileNotFoundError):
+                continue  # listed among the base checks' problems
             if not np.array_equal(from_csv, from_gif):
                 inter = np.logical_and(from_csv, from_gif).sum()
                 union = np.logical_or(from_csv, from_gif).sum()

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from segkit.data.datamodule import Item, Scan, SegmentationDataModule
-from segkit.data.io import image_size, read_image, temporary_path, write_bytes_atomic, write_json_atomic, write_png_atomic
+from segkit.data.io import image_size, list_files, read_image, temporary_path, write_bytes_atomic, write_json_atomic, write_png_atomic
 from segkit.data.rasterize import polygon_area, rasterize_polygons
 from segkit.data.tiling import iter_patches
 
@@ -60,7 +60,7 @@ def parse_dota_labels(path: str | os.PathLike) -> tuple[list[DotaObject], list[s
     objects: list[DotaObject] = []
     problems: list[str] = []
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not part of the text
     except (OSError, UnicodeDecodeError) as err:
         return [], [f"{path}: cannot read label file ({err})"]
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -166,15 +166,16 @@ class DotaDataModule(SegmentationDataModule):
 
     # ----------------------------------------------------------------- sources
     def sources(self) -> tuple[list[tuple[str, Path, Path]], list[str]]:
-        """``(name, image, label)`` of every scene, and every unpaired file."""
+        """``(name, image, label)`` of every scene, and every unpaired file (hidden files left out)."""
         image_dir, label_dir = self.root / self.images_dir, self.root / self.labels_dir
         self.require_paths(image_dir, label_dir)
-        images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-        labels = {p.stem: p for p in sorted(label_dir.glob("*.txt"))}
+        images = {p.stem: p for p in list_files(image_dir, IMAGE_SUFFIXES)}
+        labels = {p.stem: p for p in list_files(label_dir, (".txt",))}
         pairs = [(n, images[n], labels[n]) for n in images if n in labels]
-        problems = [f"{images[n]}: image has no label file {label_dir / (n + '.txt')}" for n in images if n not in labels]
-        problems += [f"{labels[n]}: label file has no image in {image_dir}" for n in labels if n not in images]
-        return pairs, problems
+        unpaired = [f"{images[n]}: image has no label file {label_dir / (n + '.txt')}" for n in images if n not in labels]
+        unpaired += [f"{labels[n]}: label file has no image in {image_dir} (only part of the images downloaded?)"
+                     for n in labels if n not in images]
+        return pairs, unpaired
 
     def _source_fingerprint(self, pairs: list[tuple[str, Path, Path]]) -> str:
         sha = hashlib.sha1(f"{self.patch_size}|{self.overlap}|{self.skip_difficult}|{self.ignore_index}".encode())
@@ -188,9 +189,10 @@ class DotaDataModule(SegmentationDataModule):
     def prepare_dataset(self) -> list[str]:
         """Cut every scene into patches, streaming one scene at a time; idempotent."""
         self.require_root()
-        pairs, problems = self.sources()
-        if problems:
-            raise ValueError(f"{len(problems)} problem(s) in DOTA data at {self.root}:\n  " + "\n  ".join(problems[:20]))
+        pairs, unpaired = self.sources()
+        self.handle_missing(unpaired, len(pairs))
+        if not pairs:
+            raise ValueError(f"no DOTA scenes found at {self.root} ({self.layout_help()})")
         fingerprint = self._source_fingerprint(pairs)
         manifest_path = self.patch_dir / "manifest.json"
         manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
@@ -235,13 +237,8 @@ class DotaDataModule(SegmentationDataModule):
         objects, problems = parse_dota_labels(label_path)
         if problems:
             raise ValueError(f"{len(problems)} problem(s) in {label_path}:\n  " + "\n  ".join(problems))
-        image = read_image(image_path, self.max_image_pixels)
-        if image.dtype != np.uint8:
-            raise ValueError(f"{image_path}: DOTA images are 8-bit, got {image.dtype}")
-        if image.shape[2] == 1:  # a few DOTA scenes are grayscale
-            image = np.repeat(image, 3, axis=2)
-        elif image.shape[2] == 4:
-            image = image[:, :, :3]
+        # a few DOTA scenes are grayscale: the shared channel policy makes them RGB, as prediction does
+        image = self.image_spec().conform(read_image(image_path, self.max_image_pixels), image_path)
         mask = rasterize_dota(objects, image.shape[:2], label_path, self.skip_difficult)
         return image, mask
 
@@ -275,9 +272,10 @@ class DotaDataModule(SegmentationDataModule):
         """Pairing, every label line, every image header and its polygons — without cutting patches."""
         try:
             self.require_root()
-            pairs, problems = self.sources()
+            pairs, unpaired = self.sources()
         except (ValueError, FileNotFoundError) as err:
             return [str(err)]
+        problems = unpaired if self.missing == "error" else []
         from tqdm.auto import tqdm
 
         for _, image_path, label_path in tqdm(pairs, desc="checking dota", unit="scene"):

@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from segkit.data.class_stats import count_pixels
-from segkit.data.datamodule import Item, Scan, SegmentationDataModule
+from segkit.data.datamodule import Item, Scan, SegmentationDataModule, default_class_names
 from segkit.data.datasets import MaskValues
+from segkit.data.io import list_files
 from segkit.data.splits import group_split, read_name_list
 
 __all__ = ["FolderDataModule"]
@@ -100,6 +101,9 @@ class FolderDataModule(SegmentationDataModule):
             raise ValueError(f"data.mask_encoding=binary has two classes, but data.num_classes={num_classes}")
         if class_names is not None and len(class_names) != n_labels:
             raise ValueError(f"data.class_names has {len(class_names)} names but there are {n_labels} classes")
+        # resolved before the base class saves the arguments as hyperparameters: the module is
+        # given the same names, and Lightning refuses a key the two hold with different values
+        class_names = list(class_names) if class_names is not None else default_class_names(num_classes)
         if split == "list" and not val_list:
             raise ValueError("data.split=list needs data.val_list: validation image stems, or a file listing them")
         if image_dtype not in (None, "uint8", "uint16"):
@@ -110,7 +114,7 @@ class FolderDataModule(SegmentationDataModule):
         self.mask_pattern = mask_pattern
         self.mask_encoding = mask_encoding
         self.palette = None if palette is None else tuple(tuple(int(v) for v in colour) for colour in palette)
-        self.default_class_names = None if class_names is None else tuple(class_names)
+        self.default_class_names = tuple(class_names)
         self.image_dtype = image_dtype
         self.split_mode = split
         self.val_list = val_list
@@ -128,21 +132,17 @@ class FolderDataModule(SegmentationDataModule):
     def _mask_stem_regex(self) -> re.Pattern:
         return re.compile("^" + re.escape(self.mask_pattern).replace(re.escape("{stem}"), "(?P<stem>.+)") + "$")
 
-    def _pair(self, image_dir: Path, mask_dir: Path, group: str, problems: list[str]) -> list[Item]:
+    def _pair(self, image_dir: Path, mask_dir: Path, group: str, problems: list[str], missing: list[str]) -> list[Item]:
         self.require_paths(image_dir, mask_dir)
         images: dict[str, Path] = {}
-        for path in sorted(image_dir.iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
+        for path in list_files(image_dir, IMAGE_SUFFIXES):
             if path.stem in images:
                 problems.append(f"{path}: two images with the stem {path.stem!r} ({images[path.stem].name} too)")
                 continue
             images[path.stem] = path
         pattern = self._mask_stem_regex()
         masks: dict[str, Path] = {}
-        for path in sorted(mask_dir.iterdir()):
-            if path.suffix.lower() not in MASK_SUFFIXES:
-                continue
+        for path in list_files(mask_dir, MASK_SUFFIXES):
             match = pattern.match(path.stem)
             if match is None:
                 problems.append(f"{path}: mask name does not follow data.mask_pattern {self.mask_pattern!r}")
@@ -153,29 +153,37 @@ class FolderDataModule(SegmentationDataModule):
                 continue
             masks[stem] = path
         expected = self.mask_pattern.replace("{stem}", "{}")
-        problems += [
+        missing += [
             f"{images[s]}: image has no mask (looked for {mask_dir / expected.format(s)}.<{'|'.join(x[1:] for x in MASK_SUFFIXES)}>)"
             for s in images if s not in masks
         ]
-        problems += [f"{masks[s]}: mask has no image {image_dir / s}.<{'|'.join(x[1:] for x in IMAGE_SUFFIXES)}>"
+        missing += [f"{masks[s]}: mask has no image {image_dir / s}.<{'|'.join(x[1:] for x in IMAGE_SUFFIXES)}>"
                      for s in masks if s not in images]
         prefix = f"{group}/" if self.split_mode == "folders" else ""
         return [Item(prefix + s, images[s], masks[s], group=group) for s in images if s in masks]
 
     def scan(self) -> Scan:
         problems: list[str] = []
+        missing: list[str] = []
         if self.split_mode == "folders":
             items = []
             for part in (self.train_dir, self.val_dir):
-                items += self._pair(self.root / part / self.images_dir, self.root / part / self.masks_dir, part, problems)
+                items += self._pair(self.root / part / self.images_dir, self.root / part / self.masks_dir, part, problems, missing)
         else:
-            items = self._pair(self.root / self.images_dir, self.root / self.masks_dir, "all", problems)
-        return Scan(items, problems)
+            items = self._pair(self.root / self.images_dir, self.root / self.masks_dir, "all", problems, missing)
+        return Scan(items, problems, missing)
+
+    def empty_val_hint(self) -> str:
+        if self.split_mode == "folders":
+            return f"add images and masks under {self.root / self.val_dir}"
+        return (f"raise data.val_fraction (now {self.val_fraction}), or name the validation images: "
+                "data.split=list data.val_list=[stem, ...] (or a file listing them)")
 
     def mask_values(self) -> MaskValues:
         return MaskValues(
             n_labels=max(self.num_classes, 2), ignore_index=self.ignore_index,
             scale_255=self.mask_encoding == "binary", palette=self.palette if self.mask_encoding == "rgb" else None,
+            binary_hint="binary masks stored as 0 / 255 are read with data.mask_encoding=binary",
         )
 
     # ------------------------------------------------------------------- split

@@ -21,19 +21,19 @@ import numpy as np
 
 from segkit.data.class_stats import IMAGE_STATS_FILE
 from segkit.data.datamodule import Item, Scan, SegmentationDataModule
-from segkit.data.io import read_image, write_json_atomic
+from segkit.data.io import list_files, read_image, write_json_atomic
 
 __all__ = ["OilSeepDataModule", "pair_by_name"]
 
 
-def pair_by_name(image_dir: Path, mask_dir: Path, pattern: str) -> tuple[list[tuple[str, Path, Path]], list[str]]:
-    """Pair ``image_dir/<name>`` with ``mask_dir/<name>``; report every unpaired file."""
-    images = {p.name: p for p in sorted(image_dir.glob(pattern))}
-    masks = {p.name: p for p in sorted(mask_dir.glob(pattern))}
+def pair_by_name(image_dir: Path, mask_dir: Path, suffixes: tuple[str, ...]) -> tuple[list[tuple[str, Path, Path]], list[str]]:
+    """Pair ``image_dir/<name>`` with ``mask_dir/<name>``; every unpaired file (hidden files left out)."""
+    images = {p.name: p for p in list_files(image_dir, suffixes)}
+    masks = {p.name: p for p in list_files(mask_dir, suffixes)}
     pairs = [(name, images[name], masks[name]) for name in images if name in masks]
-    problems = [f"{images[n]}: image has no mask {mask_dir / n}" for n in images if n not in masks]
-    problems += [f"{masks[n]}: mask has no image {image_dir / n}" for n in masks if n not in images]
-    return pairs, problems
+    unpaired = [f"{images[n]}: image has no mask {mask_dir / n}" for n in images if n not in masks]
+    unpaired += [f"{masks[n]}: mask has no image {image_dir / n}" for n in masks if n not in images]
+    return pairs, unpaired
 
 
 class OilSeepDataModule(SegmentationDataModule):
@@ -70,8 +70,8 @@ class OilSeepDataModule(SegmentationDataModule):
     def scan(self) -> Scan:
         image_dir, mask_dir = self.root / self.images_dir, self.root / self.masks_dir
         self.require_paths(image_dir, mask_dir)
-        pairs, problems = pair_by_name(image_dir, mask_dir, "*.tif")
-        return Scan([Item(name, image, mask, group=name) for name, image, mask in pairs], problems)
+        pairs, unpaired = pair_by_name(image_dir, mask_dir, (".tif", ".tiff"))
+        return Scan([Item(name, image, mask, group=name) for name, image, mask in pairs], missing=unpaired)
 
     def prepare_dataset(self) -> list[str]:
         """Mean and std of the training images (in units of 65535), for ``normalize.mean: dataset``."""

@@ -9,19 +9,13 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import segkit  # noqa: F401  (sets environment defaults before heavy imports)
-
-
-def _process_rank() -> int:
-    """This process's global rank as the launchers set it (Lightning's DDP children, torchrun, SLURM)."""
-    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return 0
+from segkit.errors import report_errors
+from segkit.rundir import process_rank
 
 
 # ${rank_zero_file:<path>}: the path on rank 0, the null device on the other ranks, so DDP
 # children (which Lightning starts with the same run dir) write no files of their own
-OmegaConf.register_new_resolver("rank_zero_file", lambda path: path if _process_rank() == 0 else os.devnull, replace=True)
+OmegaConf.register_new_resolver("rank_zero_file", lambda path: path if process_rank() == 0 else os.devnull, replace=True)
 
 
 def _route_lightning_logs_to_hydra() -> None:
@@ -35,6 +29,7 @@ def _route_lightning_logs_to_hydra() -> None:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://segkit.conf", config_name="train")
+@report_errors("segkit-train")
 def train(cfg: DictConfig) -> float | None:
     """``segkit-train``: train a model; returns the best monitored metric (for sweepers)."""
     from segkit.train import run_training
@@ -46,6 +41,7 @@ def train(cfg: DictConfig) -> float | None:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://segkit.conf", config_name="prepare")
+@report_errors("segkit-prepare")
 def prepare(cfg: DictConfig) -> None:
     """``segkit-prepare``: build caches and splits, write the class statistics; ``check=true``
     lists every problem of the dataset's files instead (exit status 1 when there are any)."""
@@ -58,6 +54,7 @@ def prepare(cfg: DictConfig) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://segkit.conf", config_name="predict")
+@report_errors("segkit-predict")
 def predict(cfg: DictConfig) -> None:
     """``segkit-predict``: masks, probabilities, overlays or a Kaggle submission for new images."""
     from segkit.predict import run_predict
@@ -66,6 +63,7 @@ def predict(cfg: DictConfig) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://segkit.conf", config_name="eval")
+@report_errors("segkit-eval")
 def evaluate(cfg: DictConfig) -> None:
     """``segkit-eval``: per-class scores, confusion matrix, per-image CSV, worst-N panels, report."""
     from segkit.evaluate import run_eval
@@ -74,6 +72,7 @@ def evaluate(cfg: DictConfig) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://segkit.conf", config_name="export")
+@report_errors("segkit-export")
 def export(cfg: DictConfig) -> None:
     """``segkit-export``: the network as ONNX or TorchScript, checked against PyTorch."""
     from segkit.export import run_export

@@ -31,6 +31,7 @@ def run_prepare(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("check"):
         problems = run_check(datamodule)
         return {"problems": problems}
+    datamodule.require_work_dir()
     messages = list(datamodule.prepare_dataset())
     datamodule.setup("fit")
     stats, message = _class_stats(datamodule)

@@ -20,6 +20,7 @@ from segkit.data.class_stats import read_class_weights
 from segkit.data.io import write_json_atomic
 from segkit.models import count_parameters
 from segkit.module import SegmentationModule
+from segkit.rundir import claim_run_dir, release_run_dir
 from segkit.runtime import resolve_accelerator, resolve_precision
 
 __all__ = ["build_module", "fit_stage", "format_summary", "resolve_loss_config", "run_training"]
@@ -68,6 +69,27 @@ def resolve_loss_config(loss: dict[str, Any], num_classes: int, datamodule: Any 
     path = loss.pop("class_stats", None) or getattr(datamodule, "class_stats_path", None)
     loss["weights"] = read_class_weights(path, max(num_classes, 2))
     return loss
+
+
+def agree_class_names(cfg: DictConfig) -> dict[str, Any]:
+    """Data overrides that give the module and the datamodule one list of class names.
+
+    Lightning logs the module's and the datamodule's hyperparameters together and refuses
+    a key the two hold with different values: a datamodule that takes ``class_names``
+    (``dataset=folder``) and leaves them unset gets ``module.class_names``; two different
+    lists are an error.
+    """
+    names = cfg.module.get("class_names")
+    if names is None or "class_names" not in cfg.data:
+        return {}
+    data_names = cfg.data.get("class_names")
+    if data_names is None:
+        return {"class_names": list(names)}
+    if list(data_names) != list(names):
+        raise ValueError(
+            f"module.class_names {list(names)} and data.class_names {list(data_names)} disagree: set only one of them"
+        )
+    return {}
 
 
 def build_module(cfg: DictConfig, datamodule: Any = None, **overrides: Any) -> SegmentationModule:
@@ -150,7 +172,7 @@ def fit_stage(
     with open_dict(cfg):
         cfg.paths.run_dir = str(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    datamodule = instantiate(cfg.data, **(data_overrides or {}), _convert_="all")
+    datamodule = instantiate(cfg.data, **{**agree_class_names(cfg), **(data_overrides or {})}, _convert_="all")
     module = build_module(cfg, datamodule, **(module_overrides or {}))
     if init_checkpoint:
         state = read_checkpoint(init_checkpoint)["state_dict"]
@@ -194,6 +216,8 @@ def fit_stage(
         "accelerator": cfg.trainer.accelerator,
         "model_parameters": count_parameters(module.net),
         "epochs_run": trainer.current_epoch,
+        # data.on_bad_file=skip: every file passed over, with why
+        "skipped_files": list(getattr(datamodule, "skipped_files", {}).values()),
         "wall_time_s": round(time.perf_counter() - started, 1),
         "run_dir": str(stage_dir),
     }
@@ -259,6 +283,16 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         log.info("resuming the run in %s", run_dir)
     else:
         run_dir = Path(cfg.paths.run_dir)
+    # one live run per directory (segkit.rundir); also the directory a resume continues in
+    claim_run_dir(run_dir, "resume" if resuming else "hydra.run.dir")
+    try:
+        return _train_in(cfg, run_dir, resuming, started)
+    finally:
+        release_run_dir(run_dir)
+
+
+def _train_in(cfg: DictConfig, run_dir: Path, resuming: bool, started: float) -> dict[str, Any]:
+    if not resuming:
         if _has_last_checkpoint(run_dir) or any((run_dir / "checkpoints").glob("*.ckpt")):
             raise FileExistsError(
                 f"{run_dir} already holds checkpoints: choose a new run directory (hydra.run.dir=...) "

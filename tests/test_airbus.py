@@ -168,7 +168,7 @@ def test_csv_without_the_two_columns(airbus, tmp_path):
 def test_image_missing_for_an_image_id(airbus, tmp_path):
     victim = next(iter(airbus.ships))
     os.remove(airbus.root / "train_v2" / victim)
-    with pytest.raises(ValueError, match=f"1 problem\\(s\\) in airbus data(.|\n)*ImageId '{victim}' has no image"):
+    with pytest.raises(ValueError, match=f"1 file\\(s\\) in airbus data .* have no counterpart(.|\n)*ImageId '{victim}' has no image(.|\n)*data.missing=skip"):
         make_dm(airbus.root, tmp_path).setup("fit")
 
 

@@ -167,7 +167,7 @@ def test_wrong_dtype(tmp_path):
 @pytest.mark.parametrize(
     "replaced, shape, message",
     [
-        ("images/img_0.tif", (32, 32), r"image has 1 channel\(s\), the dataset expects 3 \(data.in_channels\)"),
+        ("images/img_0.tif", (32, 32, 5), r"image has 5 channel\(s\), expected 3 — convert the file, or set data.in_channels"),
         ("masks/mask_5.tif", (16, 16), r"mask is 16x16 but its image .*img_5.tif is 32x32"),
     ],
     ids=["wrong channel count", "mask and image sizes differ"],

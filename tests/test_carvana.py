@@ -75,7 +75,7 @@ def test_unpaired_files_are_all_reported(tmp_path):
     gifs[0].unlink()
     write_gif_mask(tmp_path / "c" / "train_masks" / "ffffffffffff_01_mask.gif", np.zeros((48, 72), np.uint8))
     dm = make_dm(tmp_path / "c", tmp_path)
-    with pytest.raises(ValueError, match=r"2 problem\(s\)(.|\n)*image has no mask(.|\n)*ffffffffffff_01_mask.gif: mask has no image"):
+    with pytest.raises(ValueError, match=r"2 file\(s\) in carvana data .* have no counterpart(.|\n)*image has no mask(.|\n)*ffffffffffff_01_mask.gif: mask has no image"):
         dm.setup("fit")
 
 

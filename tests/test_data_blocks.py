@@ -40,12 +40,28 @@ def test_sixteen_bit_tiff_keeps_its_dtype(tmp_path):
     assert Normalizer(None)(sample["image"][None]).max().item() == pytest.approx(63000 / 65535)
 
 
-def test_palette_gif_mask_gives_indices(tmp_path):
-    indices = np.array([[0, 1], [1, 0]], np.uint8)
-    gif = Image.fromarray(indices, mode="P")
-    gif.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
-    gif.save(tmp_path / "m.gif")
-    np.testing.assert_array_equal(read_mask(tmp_path / "m.gif"), indices)
+def _palette_image(path, indices, palette):
+    image = Image.fromarray(indices, mode="P")
+    image.putpalette(palette + [0] * (768 - len(palette)))
+    image.save(path)
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".png"])
+def test_gray_palette_masks_are_read_by_what_they_show(tmp_path, suffix):
+    """A Carvana GIF whose palette lists white first looks the same as one listing black
+    first; reading indices would invert it. Gray palettes are read as their gray levels."""
+    car = np.array([[0, 1, 1], [1, 0, 0]], np.uint8)
+    _palette_image(tmp_path / f"usual{suffix}", car, [0, 0, 0, 255, 255, 255])
+    _palette_image(tmp_path / f"reversed{suffix}", 1 - car, [255, 255, 255, 0, 0, 0])
+    np.testing.assert_array_equal(read_mask(tmp_path / f"usual{suffix}"), car * 255)
+    np.testing.assert_array_equal(read_mask(tmp_path / f"reversed{suffix}"), car * 255)
+
+
+def test_colour_palette_masks_give_their_indices(tmp_path):
+    """VOC-style label PNGs: the index is the class, the colour only a display choice."""
+    labels = np.array([[0, 1, 2], [2, 1, 0]], np.uint8)
+    _palette_image(tmp_path / "voc.png", labels, [0, 0, 0, 128, 0, 0, 0, 128, 0])
+    np.testing.assert_array_equal(read_mask(tmp_path / "voc.png"), labels)
 
 
 def test_unreadable_files_are_named(tmp_path):

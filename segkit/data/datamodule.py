@@ -13,25 +13,26 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from segkit.data.cache import default_cache_dir
 from segkit.data.class_stats import CLASS_STATS_FILE
-from segkit.data.datasets import ImageMaskDataset, ImageSpec, MaskValues
-from segkit.data.io import DEFAULT_MAX_IMAGE_PIXELS
+from segkit.data.datasets import BAD_FILE_POLICIES, ImageMaskDataset, ImageSpec, MaskValues
+from segkit.data.io import DEFAULT_MAX_IMAGE_PIXELS, require_writable
 from segkit.data.normalize import Normalizer
 from segkit.data.sampling import EpochShuffleSampler, ShardSampler
 from segkit.data.splits import group_split
 from segkit.data.transforms import build_pipeline
 
-__all__ = ["Item", "Scan", "SegmentationDataModule"]
+__all__ = ["MISSING_POLICIES", "Item", "Scan", "SegmentationDataModule", "default_class_names", "format_problems"]
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,32 @@ class Item:
 
 @dataclass
 class Scan:
-    """What a dataset's files hold, and every problem found while listing them."""
+    """What a dataset's files hold, and every problem found while listing them.
+
+    ``missing``: files whose counterpart is absent (a CSV row or label file without its
+    image, an image without its mask): what a partial download looks like, skipped under
+    ``data.missing=skip``. ``problems``: everything else, always an error.
+    """
 
     items: list[Item]
     problems: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+MISSING_POLICIES = ("error", "skip")
+
+
+def format_problems(problems: Sequence[str], head: str, limit: int = 20, tail: str = "") -> str:
+    """``head``, then the first ``limit`` problems one per line, then how many more and ``tail``."""
+    shown = list(problems[:limit])
+    more = len(problems) - len(shown)
+    return (head + "\n  " + "\n  ".join(shown)
+            + (f"\n  ... and {more} more" if more > 0 else "") + (f"\n{tail}" if tail else ""))
+
+
+def default_class_names(num_classes: int) -> list[str]:
+    """``[background, foreground]`` for a binary dataset, ``class0 .. class<K-1>`` otherwise."""
+    return ["background", "foreground"] if num_classes == 1 else [f"class{i}" for i in range(num_classes)]
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -74,6 +97,12 @@ class SegmentationDataModule(L.LightningDataModule):
         ignore_index: mask value that counts nowhere (padding).
         max_image_pixels: largest height x width decoded; larger headers are refused before
             decoding (corrupt files, decompression bombs). ``None``: no limit.
+        missing: ``error`` (default) or ``skip`` files whose counterpart is absent (a CSV row
+            without its image, a label file without its scene, an image without its mask):
+            ``skip`` trains on the complete pairs of a partial download and says how many it left out.
+        on_bad_file: ``error`` (default): a file that cannot be used during training stops the
+            run with one line naming it; ``skip``: it is logged, replaced by the next readable
+            item, and counted in ``metrics.json`` (``skipped_files``).
     """
 
     kind = "dataset"
@@ -97,7 +126,13 @@ class SegmentationDataModule(L.LightningDataModule):
         normalize: Mapping[str, Any] | None = None,
         ignore_index: int | None = None,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        missing: str = "error",
+        on_bad_file: str = "error",
     ) -> None:
+        if missing not in MISSING_POLICIES:
+            raise ValueError(f"data.missing must be one of {', '.join(MISSING_POLICIES)}, got {missing!r}")
+        if on_bad_file not in BAD_FILE_POLICIES:
+            raise ValueError(f"data.on_bad_file must be one of {', '.join(BAD_FILE_POLICIES)}, got {on_bad_file!r}")
         super().__init__()
         self.save_hyperparameters()
         self.root = Path(root) if root is not None else None
@@ -115,6 +150,9 @@ class SegmentationDataModule(L.LightningDataModule):
         self.normalize = normalize
         self.ignore_index = ignore_index
         self.max_image_pixels = max_image_pixels
+        self.missing = missing
+        self.on_bad_file = on_bad_file
+        self.skipped_files: dict[str, str] = {}  # on_bad_file=skip: file -> why, as batches reported them
         self._scan: Scan | None = None
         self.train_dataset: ImageMaskDataset | None = None
         self.val_dataset: ImageMaskDataset | None = None
@@ -141,6 +179,15 @@ class SegmentationDataModule(L.LightningDataModule):
         """One-off preparation (caches, patches...); idempotent; returns what it did."""
         return []
 
+    def empty_val_hint(self) -> str:
+        """How to get a validation split, for the error that says it is empty."""
+        groups = ""
+        if self._scan is not None:
+            n = len({i.group for i in self._scan.items})
+            groups = f" ({n} group(s) now)" if n != len(self._scan.items) else ""
+        return (f"Validation takes whole groups{groups} of the data: add more images (more groups), or raise "
+                f"data.val_fraction (now {self.val_fraction})")
+
     def empty_epoch_hint(self) -> str:
         """Why a training epoch can draw nothing, for the error that says so."""
         return "check the split settings"
@@ -154,7 +201,7 @@ class SegmentationDataModule(L.LightningDataModule):
     def class_names(self) -> list[str]:
         if self.default_class_names is not None and len(self.default_class_names) == max(self.num_classes, 2):
             return list(self.default_class_names)
-        return ["background", "foreground"] if self.num_classes == 1 else [f"class{i}" for i in range(self.num_classes)]
+        return default_class_names(self.num_classes)
 
     @property
     def work_dir(self) -> Path:
@@ -189,17 +236,32 @@ class SegmentationDataModule(L.LightningDataModule):
         if self._scan is None:
             self.require_root()
             self._scan = self.scan()
+            if self.missing == "skip":
+                self.handle_missing(self._scan.missing, len(self._scan.items))
         if self._scan.problems:
-            shown = self._scan.problems[:20]
-            more = len(self._scan.problems) - len(shown)
-            raise ValueError(
-                f"{len(self._scan.problems)} problem(s) in {self.kind} data at {self.root}:\n  "
-                + "\n  ".join(shown)
-                + (f"\n  ... and {more} more (segkit-prepare check=true lists all)" if more > 0 else "")
-            )
+            raise ValueError(format_problems(
+                self._scan.problems, f"{len(self._scan.problems)} problem(s) in {self.kind} data at {self.root}:",
+                tail=f"(segkit-prepare dataset={self.kind} data.root={self.root} check=true lists every problem)"))
+        self.handle_missing(self._scan.missing, len(self._scan.items), log_skipped=False)
         if not self._scan.items:
             raise ValueError(f"no {self.kind} images found at {self.root} ({self.layout_help()})")
         return self._scan.items
+
+    def handle_missing(self, missing: Sequence[str], complete: int, log_skipped: bool = True) -> None:
+        """``data.missing``: raise listing the first files without counterpart (``error``), or
+        say how many were left out (``skip``)."""
+        if not missing:
+            return
+        if self.missing == "error":
+            raise ValueError(format_problems(
+                missing, f"{len(missing)} file(s) in {self.kind} data at {self.root} have no counterpart "
+                f"({complete} complete item(s)):", limit=5,
+                tail="A partial download? data.missing=skip trains on the complete items and says how many it left out; "
+                     "otherwise add the missing files."))
+        if log_skipped:
+            log.warning("%s", format_problems(
+                missing, f"data.missing=skip: left out {len(missing)} file(s) whose counterpart is absent; "
+                f"using the {complete} complete item(s):", limit=3))
 
     def fingerprint(self) -> str:
         """Changes when any file of the dataset changes (names, sizes, modification times)."""
@@ -212,7 +274,14 @@ class SegmentationDataModule(L.LightningDataModule):
         return sha.hexdigest()
 
     # ------------------------------------------------------------------ stages
+    def require_work_dir(self) -> Path:
+        """The work folder, created and proven writable before any preparation starts."""
+        return require_writable(
+            self.work_dir, "set data.cache_dir=<folder> (or the SEGKIT_CACHE environment variable) "
+            "to keep segkit's derived files (caches, patches, statistics) elsewhere")
+
     def prepare_data(self) -> None:
+        self.require_work_dir()
         for message in self.prepare_dataset():
             log.info("%s: %s", self.kind, message)
 
@@ -259,10 +328,15 @@ class SegmentationDataModule(L.LightningDataModule):
             transform=build_pipeline(self.image_size, augment, self.pad_multiple, fill),
             image_spec=self.image_spec(),
             mask_values=self.mask_values(),
+            on_bad_file=self.on_bad_file,
         )
 
     def image_spec(self) -> ImageSpec:
-        return ImageSpec(self.in_channels, self.image_dtype, self.max_image_pixels)
+        return ImageSpec(self.in_channels, self.image_dtype, self.max_image_pixels, self.channel_fix())
+
+    def channel_fix(self) -> str:
+        """What to do about an image whose channels cannot be converted losslessly (error messages)."""
+        return f"convert the file, or set data.in_channels to the images' channel count (now {self.in_channels})"
 
     def raw_dataset(self, items: Sequence[Item]) -> ImageMaskDataset:
         """The items as stored (no resizing or normalisation): ``load(i)`` gives the raw
@@ -270,7 +344,15 @@ class SegmentationDataModule(L.LightningDataModule):
         return ImageMaskDataset(
             [i.name for i in items], [i.image for i in items], [i.mask for i in items],
             transform=None, image_spec=self.image_spec(), mask_values=self.mask_values(),
+            mask_decoder=self.source_mask_decoder(),
         )
+
+    def source_mask_decoder(self) -> Callable[[str, tuple[int, int]], np.ndarray] | None:
+        """``decoder(name, shape) -> mask`` straight from the dataset's own files, for datasets
+        whose training masks are a derived cache (Airbus and Carvana RLE rows): checks and
+        evaluation then read the sources, never a cache that may not be built yet. ``None``:
+        the items' mask files are the sources."""
+        return None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
@@ -279,6 +361,13 @@ class SegmentationDataModule(L.LightningDataModule):
         train_idx, val_idx = self.split(items)
         if not train_idx:
             raise ValueError(f"{self.kind} data at {self.root}: no training images left after the split")
+        if not val_idx and self.val_fraction == 0 and self.hparams.get("split", "ratio") == "ratio":
+            log.warning("data.val_fraction=0: no validation split, so no validation metrics and no best checkpoint")
+        elif not val_idx:
+            raise ValueError(
+                f"{self.kind} data at {self.root}: the validation split is empty — {len(train_idx)} training image(s), "
+                f"none held out, so there would be no validation metrics and no best checkpoint. {self.empty_val_hint()}"
+            )
         train = [items[i] for i in train_idx]
         self.check_sample(items)
         self._normalizer = Normalizer(self.resolved_normalize())
@@ -316,7 +405,9 @@ class SegmentationDataModule(L.LightningDataModule):
             scan = self._scan or self.scan()
         except (ValueError, FileNotFoundError) as err:
             return [str(err)]
-        return list(scan.problems) + self._load_problems(scan.items, progress=True)
+        self._scan = scan
+        missing = scan.missing if self.missing == "error" else []
+        return list(scan.problems) + list(missing) + self._load_problems(scan.items, progress=True)
 
     def _load_problems(self, items: Sequence[Item], progress: bool = False) -> list[str]:
         """Decode every item as stored (image, mask, their checks); the message of each failure."""
@@ -330,7 +421,7 @@ class SegmentationDataModule(L.LightningDataModule):
         for index in indices:
             try:
                 dataset.load(index)
-            except (ValueError, FileNotFoundError) as err:
+            except (ValueError, OSError) as err:
                 problems.append(str(err))
         return problems
 
@@ -351,6 +442,12 @@ class SegmentationDataModule(L.LightningDataModule):
         return out
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        for report in batch.pop("skipped", None) or ():
+            for line in filter(None, report.split("\n")):
+                file = line.split(": ", 1)[0]
+                if file not in self.skipped_files:
+                    self.skipped_files[file] = line
+                    log.warning("data.on_bad_file=skip: skipped %s", line)
         return self.prepare_batch(batch)
 
     def _loader(self, dataset: ImageMaskDataset, **kwargs: Any) -> DataLoader:
@@ -389,3 +486,10 @@ class SegmentationDataModule(L.LightningDataModule):
         assert self.val_dataset is not None, "call setup() first"
         rank, world_size = self._rank()
         return self._loader(self.val_dataset, sampler=ShardSampler(len(self.val_dataset), rank, world_size))
+
+    def evaluation_dataset(self, items: Sequence[Item]) -> ImageMaskDataset:
+        """What ``segkit-eval`` scores for ``items`` (a split): one entry per image, as stored,
+        at its own resolution. By default the items themselves (:meth:`raw_dataset`); a
+        dataset that trains on pieces cut from larger images (DOTA's overlapping patches)
+        returns the source images instead, so every pixel is scored once."""
+        return self.raw_dataset(items)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,30 +11,38 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segkit.data.io import DEFAULT_MAX_IMAGE_PIXELS, image_size, read_image, read_mask
+from segkit.data.io import DEFAULT_MAX_IMAGE_PIXELS, conform_channels, image_size, read_image, read_mask
 from segkit.data.transforms import to_sample
+from segkit.errors import DataFileError
 
-__all__ = ["ImageMaskDataset", "ImageSpec", "MaskValues"]
+__all__ = ["BAD_FILE_POLICIES", "ImageMaskDataset", "ImageSpec", "MaskValues"]
+
+BAD_FILE_POLICIES = ("error", "skip")
+# data.on_bad_file=skip gives up after this many unreadable items in a row: a folder that
+# cannot be read at all is an error, not an empty epoch
+MAX_CONSECUTIVE_BAD_FILES = 50
 
 
 @dataclass(frozen=True)
 class ImageSpec:
     """What every image of a dataset must be: channel count, optionally dtype, and at most
-    ``max_pixels`` pixels (checked from the header, before decoding)."""
+    ``max_pixels`` pixels (checked from the header, before decoding). ``fix``: what a user
+    does about an image with other channels (the settings this dataset accepts)."""
 
     channels: int
     dtype: str | None = None  # "uint8", "uint16" or None for any
     max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+    fix: str = "set data.in_channels to the images' channel count"
 
-    def check(self, image: np.ndarray, path: Path) -> None:
-        if image.shape[2] != self.channels:
-            raise ValueError(
-                f"{path}: image has {image.shape[2]} channel(s), the dataset expects {self.channels} (data.in_channels)"
-            )
+    def conform(self, image: np.ndarray, path: Path) -> np.ndarray:
+        """``image`` with the dataset's channels (:func:`~segkit.data.io.conform_channels`: lossless
+        conversions only) and dtype, or ``ValueError`` naming ``path``."""
+        image = conform_channels(image, self.channels, path, self.fix)
         if self.dtype is not None and image.dtype != np.dtype(self.dtype):
             bits = {np.dtype("uint8"): "8-bit", np.dtype("uint16"): "16-bit"}
             found = bits.get(image.dtype, str(image.dtype))
             raise ValueError(f"{path}: image is {found} ({image.dtype}), the dataset expects {bits.get(np.dtype(self.dtype), self.dtype)} ({self.dtype})")
+        return image
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class MaskValues:
     ignore_index: int | None = None
     scale_255: bool = False
     palette: tuple[tuple[int, int, int], ...] | None = None
+    binary_hint: str = ""  # said when a mask holds exactly {0, 255} and these are not its values
 
     def from_colours(self, mask: np.ndarray, path: Path | str) -> np.ndarray:
         """An ``(H, W, 3)`` RGB mask → ``(H, W)`` class indices by ``palette``."""
@@ -97,9 +106,12 @@ class MaskValues:
         if self.ignore_index is not None:
             invalid &= mask != self.ignore_index
         if invalid.any():
+            found = np.unique(mask).tolist()
+            hint = f" — the mask holds only {{0, 255}}: {self.binary_hint}" if self.binary_hint and found in ([0, 255], [255]) else ""
             raise ValueError(
                 f"{path}: mask values {np.unique(mask[invalid]).tolist()[:10]} are outside the classes "
                 f"0..{self.n_labels - 1}" + (f" (ignore_index {self.ignore_index})" if self.ignore_index is not None else "")
+                + hint
             )
         return mask
 
@@ -120,29 +132,37 @@ class ImageMaskDataset(Dataset):
         transform: A.Compose,
         image_spec: ImageSpec,
         mask_values: MaskValues,
+        mask_decoder: Callable[[str, tuple[int, int]], np.ndarray] | None = None,
+        on_bad_file: str = "error",
     ) -> None:
         if not len(names) == len(image_paths) == len(mask_paths):
             raise ValueError("names, image_paths and mask_paths must have the same length")
+        if on_bad_file not in BAD_FILE_POLICIES:
+            raise ValueError(f"data.on_bad_file must be one of {', '.join(BAD_FILE_POLICIES)}, got {on_bad_file!r}")
         self.names = list(names)
         self.image_paths = list(image_paths)
         self.mask_paths = list(mask_paths)
         self.transform = transform
         self.image_spec = image_spec
         self.mask_values = mask_values
+        self.mask_decoder = mask_decoder
+        self.on_bad_file = on_bad_file
 
     def __len__(self) -> int:
         return len(self.names)
 
     def load_image(self, index: int) -> np.ndarray:
         path = self.image_paths[index]
-        image = read_image(path, self.image_spec.max_pixels)
-        self.image_spec.check(image, path)
-        return image
+        return self.image_spec.conform(read_image(path, self.image_spec.max_pixels), path)
 
     def load_mask(self, index: int, shape: tuple[int, int] | None = None) -> np.ndarray:
         """The ``(H, W)`` mask of one item, values checked and mapped; ``shape`` of a missing
-        mask is read from the image header when not given."""
+        mask is read from the image header when not given. With a ``mask_decoder`` the mask
+        comes from ``mask_decoder(name, shape)`` (RLE rows, label polygons) instead of a file."""
         mask_path = self.mask_paths[index]
+        if self.mask_decoder is not None:
+            shape = shape or image_size(self.image_paths[index], self.image_spec.max_pixels)
+            return self.mask_values(self.mask_decoder(self.names[index], shape), self.image_paths[index])
         if mask_path is None:
             return np.zeros(shape or image_size(self.image_paths[index], self.image_spec.max_pixels), dtype=np.uint8)
         if self.mask_values.palette is not None:  # colour-coded: read as an RGB image
@@ -154,11 +174,35 @@ class ImageMaskDataset(Dataset):
         image = self.load_image(index)
         mask = self.load_mask(index, image.shape[:2])
         if mask.shape != image.shape[:2]:
+            turned = " (the image as shown, after its EXIF orientation: was the mask drawn on the unrotated pixels?)" \
+                if mask.shape == image.shape[1::-1] else ""
             raise ValueError(
                 f"{self.mask_paths[index]}: mask is {mask.shape[0]}x{mask.shape[1]} but its image "
-                f"{self.image_paths[index]} is {image.shape[0]}x{image.shape[1]}"
+                f"{self.image_paths[index]} is {image.shape[0]}x{image.shape[1]}{turned}"
             )
         return image, mask
+
+    def _load_or_skip(self, index: int) -> tuple[int, np.ndarray, np.ndarray, str]:
+        """``(index, image, mask, skipped)``: item ``index`` — or, when it cannot be read and
+        ``on_bad_file`` is ``skip``, the next readable item, ``skipped`` then saying which
+        file(s) were passed over and why (``""`` when none)."""
+        skipped = []
+        for attempt in range(MAX_CONSECUTIVE_BAD_FILES):
+            at = (index + attempt) % len(self)
+            try:
+                image, mask = self.load(at)
+                return at, image, mask, "\n".join(skipped)
+            except (ValueError, OSError) as err:  # FileNotFoundError and PermissionError are OSErrors
+                if self.on_bad_file == "error":
+                    raise DataFileError(
+                        f"{err} — fix or remove the file, or set data.on_bad_file=skip to train without such files "
+                        "(each is logged and counted in metrics.json)"
+                    ) from None
+                skipped.append(str(err))
+        raise DataFileError(
+            f"{MAX_CONSECUTIVE_BAD_FILES} files in a row cannot be read (data.on_bad_file=skip), the last: {skipped[-1]} — "
+            "is the dataset folder complete and readable? segkit-prepare check=true lists every problem"
+        )
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor | str]:
         """``key``: an index, or ``(index, augmentation seed)`` as segkit's samplers yield.
@@ -168,11 +212,12 @@ class ImageMaskDataset(Dataset):
         follow the run's seed.
         """
         index, seed = key if isinstance(key, tuple) else (key, None)
-        image, mask = self.load(index)
+        index, image, mask, skipped = self._load_or_skip(index)
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, ()))
         self.transform.set_random_seed(seed)
         out = self.transform(image=image, mask=mask)
         sample: dict[str, torch.Tensor | str] = dict(to_sample(out["image"], out["mask"], self.mask_values.dtype))
         sample["name"] = self.names[index]
+        sample["skipped"] = skipped  # data.on_bad_file=skip: "file: why" of items passed over for this one
         return sample

@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image
 
 __all__ = [
-    "DEFAULT_MAX_IMAGE_PIXELS", "check_pixels", "image_size", "read_image", "read_mask", "temporary_path",
-    "write_bytes_atomic", "write_json_atomic", "write_png_atomic",
+    "DEFAULT_MAX_IMAGE_PIXELS", "check_pixels", "conform_channels", "image_size", "is_hidden", "list_files", "read_image",
+    "read_mask", "require_writable", "temporary_path", "write_bytes_atomic", "write_json_atomic", "write_png_atomic",
 ]
 
 # The largest image (height x width) the readers decode: a corrupt header or a decompression
@@ -57,26 +57,62 @@ def check_pixels(path: str | os.PathLike, height: int, width: int, max_pixels: i
         )
 
 
-def _check_header_bytes(path: Path, data: bytes, max_pixels: int | None) -> None:
-    """The pixel limit from the encoded bytes' header (formats PIL identifies; others are left to OpenCV's own limit)."""
-    if max_pixels is None:
-        return
+# EXIF orientation (tag 0x0112) → the numpy steps that turn the stored pixels into what a viewer shows
+_ORIENTATION_STEPS = {
+    2: ("fliplr",), 3: ("rot180",), 4: ("flipud",), 5: ("transpose",),
+    6: ("rot270",), 7: ("transverse",), 8: ("rot90",),
+}
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation of an open PIL image (1 = as stored)."""
+    try:
+        value = int(im.getexif().get(0x0112, 1))
+    except Exception:  # a broken EXIF block: the pixels are still the pixels
+        return 1
+    return value if value in _ORIENTATION_STEPS else 1
+
+
+def apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
+    """``array`` (H, W[, C]) turned as EXIF ``orientation`` says (what image viewers show)."""
+    step = _ORIENTATION_STEPS.get(orientation, (None,))[0]
+    if step is None:
+        return array
+    out = {
+        "fliplr": lambda a: a[:, ::-1],
+        "flipud": lambda a: a[::-1],
+        "rot180": lambda a: a[::-1, ::-1],
+        "rot90": lambda a: np.rot90(a, 1),   # counter-clockwise
+        "rot270": lambda a: np.rot90(a, -1),  # clockwise
+        "transpose": lambda a: np.swapaxes(a, 0, 1),
+        "transverse": lambda a: np.rot90(a, 2).swapaxes(0, 1),
+    }[step](array)
+    return np.ascontiguousarray(out)
+
+
+def _header(path: Path, data: bytes, max_pixels: int | None) -> int:
+    """Check the pixel limit from the encoded bytes' header and return the EXIF orientation
+    (formats PIL identifies; others are left to OpenCV's own limit, orientation 1)."""
     import io
 
     try:
         with Image.open(io.BytesIO(data)) as im:
             width, height = im.size
+            orientation = _orientation(im)
     except Exception:  # not a format PIL knows, or a header it cannot parse: the decoder will say
-        return
+        return 1
     check_pixels(path, height, width, max_pixels)
+    return orientation
 
 
 def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read an image as ``(H, W, C)`` with its own dtype; colour comes back RGB.
 
-    Supports JPEG, PNG, BMP, GIF (via OpenCV) and 8/16-bit TIFF (via tifffile).
-    Raises ``FileNotFoundError`` or ``ValueError`` naming the file when it cannot be read,
-    or when its header claims more than ``max_pixels`` pixels (checked before decoding).
+    Supports JPEG, PNG, BMP, GIF (via OpenCV) and 8/16-bit TIFF (via tifffile). An EXIF
+    orientation (phone and camera JPEGs) is applied: the array is the picture as image
+    viewers show it. Raises ``FileNotFoundError`` or ``ValueError`` naming the file when it
+    cannot be read, or when its header claims more than ``max_pixels`` pixels (checked
+    before decoding).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -86,7 +122,7 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMA
         data = _read_bytes(path)
         if suffix in (".jpg", ".jpeg"):
             _check_jpeg(path, data)
-        _check_header_bytes(path, data, max_pixels)
+        orientation = _header(path, data, max_pixels)
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if image is None:
             raise ValueError(f"{path}: cannot decode image (corrupt or unsupported format)")
@@ -94,6 +130,7 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMA
             image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         elif image.ndim == 3 and image.shape[2] == 4:
             image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
+        image = apply_orientation(image, orientation)
     if image.ndim == 2:
         image = image[:, :, None]
     return image
@@ -102,33 +139,52 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMA
 def read_mask(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read a single-channel label mask ``(H, W)`` without any value mapping.
 
-    PNG/TIFF are read as stored; a palette GIF gives its palette indices. ``max_pixels``
-    as :func:`read_image`.
+    TIFF and grayscale PNG/BMP are read as stored (EXIF orientation applied, as
+    :func:`read_image` does). Palette images (GIF, palette PNG) are read by what they show
+    when their palette is gray — the gray level of each pixel's colour, so a Carvana GIF
+    whose palette lists white before black still reads car = 255 — and by their palette
+    indices when the palette has colours (VOC-style label PNGs, where the index is the
+    class and the colour only a display choice). ``max_pixels`` as :func:`read_image`.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
         mask = _read_tiff(path, max_pixels)
-    elif suffix == ".gif":
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: file not found")
-        try:
-            with Image.open(path) as im:
-                check_pixels(path, im.size[1], im.size[0], max_pixels)
-                mask = np.array(im)  # a writable copy
-        except OSError as err:
-            raise ValueError(f"{path}: cannot decode mask ({err})") from err
     else:
         data = _read_bytes(path)
-        _check_header_bytes(path, data, max_pixels)
-        mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        orientation = _header(path, data, max_pixels)
+        mask = _read_palette_mask(path, data)
+        if mask is None:
+            mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if mask is None:
             raise ValueError(f"{path}: cannot decode mask (corrupt or unsupported format)")
+        mask = apply_orientation(mask, orientation)
     if mask.ndim == 3 and mask.shape[2] == 1:
         mask = mask[:, :, 0]
     if mask.ndim != 2:
         raise ValueError(f"{path}: a mask must have one channel, got shape {mask.shape}")
     return mask
+
+
+def _read_palette_mask(path: Path, data: bytes) -> np.ndarray | None:
+    """A palette image's labels (see :func:`read_mask`), or ``None`` when it has no palette."""
+    import io
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.mode != "P":
+                return None
+            indices = np.array(im)
+            palette = np.array(im.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
+    except OSError as err:
+        raise ValueError(f"{path}: cannot decode mask ({err})") from err
+    used = np.unique(indices)
+    if palette.size == 0 or used.max() >= len(palette):
+        return indices
+    colours = palette[used]
+    if (colours[:, 0] == colours[:, 1]).all() and (colours[:, 1] == colours[:, 2]).all():
+        return palette[:, 0][indices]  # gray palette: what the picture shows
+    return indices
 
 
 def _read_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
@@ -155,17 +211,81 @@ def _read_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
 
 
 def image_size(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
-    """``(height, width)`` read from the file header only (no pixel decoding); refused above ``max_pixels``."""
+    """``(height, width)`` read from the file header only (no pixel decoding), as
+    :func:`read_image` returns the image (EXIF orientation applied); refused above ``max_pixels``."""
     path = Path(path)
     try:
         with Image.open(path) as im:
             width, height = im.size
+            if _orientation(im) >= 5 and path.suffix.lower() not in (".tif", ".tiff"):
+                width, height = height, width
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
     except OSError as err:
         raise ValueError(f"{path}: cannot read image header ({err})") from err
     check_pixels(path, height, width, max_pixels)
     return height, width
+
+
+def conform_channels(image: np.ndarray, channels: int, path: str | os.PathLike, fix: str) -> np.ndarray:
+    """``image`` (H, W, C) with ``channels`` channels, converted only where that loses nothing
+    and means one thing; else ``ValueError`` naming ``path`` and ``fix`` (what to do).
+
+    Converted: gray → RGB (the gray level copied into each channel); RGB whose three
+    channels are equal → gray; an alpha channel that is fully opaque is dropped (RGBA →
+    RGB, gray + alpha → gray). Refused: colour → gray, transparency, other counts.
+    Training (every dataset) and prediction call this one function.
+    """
+    have = image.shape[2]
+    if have == channels:
+        return image
+    if have in (2, 4) and channels in (1, 3):  # an alpha channel: drop it when it hides nothing
+        opaque = np.iinfo(image.dtype).max if image.dtype.kind in "ui" else 1.0
+        if image[:, :, -1].min() < opaque:
+            raise ValueError(
+                f"{path}: image has {have} channels with a transparency (alpha) channel that is not fully opaque; "
+                f"expected {channels} — {fix}"
+            )
+        image, have = image[:, :, :-1], have - 1
+        if have == channels:
+            return np.ascontiguousarray(image)
+    if have == 1 and channels == 3:
+        return np.repeat(image, 3, axis=2)
+    if have == 3 and channels == 1:
+        if (image[:, :, 0] == image[:, :, 1]).all() and (image[:, :, 1] == image[:, :, 2]).all():
+            return np.ascontiguousarray(image[:, :, :1])
+        raise ValueError(f"{path}: image is in colour (3 channels that differ), expected {channels} channel — {fix}")
+    raise ValueError(f"{path}: image has {have} channel(s), expected {channels} — {fix}")
+
+
+def list_files(folder: str | os.PathLike, suffixes: tuple[str, ...]) -> list[Path]:
+    """The files of ``folder`` with one of ``suffixes`` (any case), sorted, hidden ones left out
+    (a macOS ``._x.jpg`` beside ``x.jpg`` is not an image)."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.suffix.lower() in suffixes and not is_hidden(p) and p.is_file())
+
+
+def is_hidden(path: str | os.PathLike) -> bool:
+    """A name that starts with a dot: macOS ``._x.jpg`` resource forks, ``.DS_Store``, editors' temporaries."""
+    return Path(path).name.startswith(".")
+
+
+def require_writable(directory: str | os.PathLike, setting: str) -> Path:
+    """Create ``directory`` if needed and prove a file can be written there; else raise
+    :class:`PermissionError` naming the folder, the reason and ``setting`` (what moves it).
+
+    Called before work starts, so an unwritable place fails in a second, not after minutes.
+    """
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".segkit-write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise PermissionError(f"cannot write to {directory} ({reason}): {setting}") from None
+    return directory
 
 
 def temporary_path(path: str | os.PathLike) -> Path:

@@ -62,11 +62,15 @@ def read_rle_csv(path: str | os.PathLike, id_column: str, rle_column: str, one_r
     path = Path(path)
     columns = (id_column, rle_column)
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except pd.errors.EmptyDataError:
         raise ValueError(f"{path}: the file is empty; expected a header '{','.join(columns)}'") from None
     except pd.errors.ParserError as err:
         raise ValueError(f"{path}: not a valid CSV ({err})") from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); is it the right file?") from None
+    # a header saved with spaces around the names ("ImageId , EncodedPixels") means the same columns
+    frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ValueError(

@@ -1,0 +1,126 @@
+"""A run owns its directory: one live segkit process per run directory, unique default names.
+
+Two ``segkit-train`` runs writing into one directory leave a best checkpoint of one run
+beside the last checkpoint and config of the other, and an interleaved metrics.csv. Every
+run therefore takes its directory before anything is written there:
+
+- :class:`ClaimRunDir`, a Hydra callback, runs before Hydra creates the run (or sweep)
+  directory and its ``.hydra/`` files. A default, timestamped name that another run took
+  in the same second gets a suffix (``..._10-00-00-2``); a directory named on the command
+  line (``hydra.run.dir=...``) that another live run holds is refused.
+- :func:`claim_run_dir` holds an exclusive ``flock`` on ``<dir>/.segkit-run.lock`` for the
+  life of the process (the file records pid, host and start time for the message). The
+  kernel releases the lock when the process ends, however it ends: a crashed run leaves
+  no stale lock behind.
+
+DDP worker processes (rank > 0) share rank 0's directory and claim nothing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, open_dict, read_write
+
+from segkit.errors import RunDirectoryBusy
+
+__all__ = ["LOCK_FILE", "ClaimRunDir", "claim_run_dir", "process_rank"]
+
+log = logging.getLogger(__name__)
+LOCK_FILE = ".segkit-run.lock"
+_held: dict[Path, int] = {}  # directory -> open descriptor of its lock, for this process's life
+
+
+def process_rank() -> int:
+    """This process's global rank as the launchers set it (Lightning's DDP children, torchrun, SLURM)."""
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def claim_run_dir(directory: str | os.PathLike, setting: str = "hydra.run.dir") -> Path:
+    """Create ``directory`` and hold its lock for this process's life; re-entrant.
+
+    Raises :class:`RunDirectoryBusy` when another live process holds it, and
+    :class:`PermissionError` (naming ``setting``, what moves it) when it cannot be written.
+    """
+    from segkit.data.io import require_writable
+
+    directory = Path(directory).resolve()
+    if directory in _held or process_rank() > 0:
+        return directory
+    require_writable(directory, f"choose a writable run directory with {setting}=<folder>")
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RunDirectoryBusy(
+            f"{directory} is in use by another segkit run ({holder}): wait for it to finish, or choose another "
+            f"directory with {setting}=<folder>"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+    _held[directory] = fd
+    return directory
+
+
+def release_run_dir(directory: str | os.PathLike) -> None:
+    """Give the lock of ``directory`` back before the process ends (sweeps run many jobs in one process)."""
+    fd = _held.pop(Path(directory).resolve(), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def _overridden(config: DictConfig, key: str) -> bool:
+    """Whether ``key`` was set on the command line (otherwise it holds the config's default)."""
+    return any(str(o).split("=", 1)[0].lstrip("+~") == key for o in config.hydra.overrides.hydra)
+
+
+def _unique(directory: Path) -> Path:
+    """``directory`` created now by this process, or ``<directory>-2``, ``-3``... when taken."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        candidate = directory if n == 1 else directory.with_name(f"{directory.name}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise RunDirectoryBusy(f"{directory}: 999 runs started in the same second? choose hydra.run.dir=<folder>")
+
+
+class ClaimRunDir(Callback):
+    """Hydra callback: claim the run (or sweep) directory before Hydra writes into it."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._claim(config, "hydra.run.dir", config.hydra.run)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._claim(config, "hydra.sweep.dir", config.hydra.sweep)
+
+    @staticmethod
+    def _claim(config: DictConfig, key: str, node: DictConfig) -> None:
+        if process_rank() > 0:
+            return
+        app = f"segkit-{config.hydra.job.name}"
+        try:
+            directory = Path(str(node.dir))
+            if not _overridden(config, key):
+                directory = _unique(directory)
+                with read_write(node), open_dict(node):
+                    node.dir = str(directory)
+            claim_run_dir(directory, key)
+        except (RunDirectoryBusy, PermissionError, OSError) as err:
+            sys.stderr.write(f"{app}: error: {err}\n")
+            raise SystemExit(1) from None
