@@ -101,7 +101,7 @@ class BuildingsDataModule(SegmentationDataModule):
     @property
     def test_images(self) -> list[Path]:
         """The images of ``test_dir`` (for prediction)."""
-        return sorted((self.root / self.test_dir).glob(f"{self.test_prefix}*.tif"))
+        return [p for p in list_files(self.root / self.test_dir, (".tif", ".tiff")) if p.name.startswith(self.test_prefix)]
 
     # ------------------------------------------------------------------ split
     @property

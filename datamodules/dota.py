@@ -17,6 +17,7 @@ the patches. Patches of one scene never straddle the train/validation split.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from segkit.data.datamodule import Item, Scan, SegmentationDataModule
+from segkit.data.datasets import ImageMaskDataset
 from segkit.data.io import image_size, list_files, read_image, temporary_path, write_bytes_atomic, write_json_atomic, write_png_atomic
 from segkit.data.rasterize import polygon_area, rasterize_polygons
 from segkit.data.tiling import iter_patches
@@ -285,3 +287,33 @@ class DotaDataModule(SegmentationDataModule):
             except (ValueError, FileNotFoundError) as err:
                 problems.append(str(err))
         return problems
+
+    # -------------------------------------------------------------- evaluation
+    def evaluation_dataset(self, items: list[Item]) -> ImageMaskDataset:
+        """The source scenes of these patches, one item each, in the order they first appear:
+        the whole scene at its own resolution (channels conformed by the dataset's policy, so
+        grayscale scenes come back RGB) and its labels rasterised at that size. ``segkit-eval``
+        thus scores every pixel of a scene once, not the overlapping patches."""
+        pairs, _ = self.sources()
+        files = {name: (image, label) for name, image, label in pairs}
+        scenes = list(dict.fromkeys(item.group for item in items))
+        missing = [scene for scene in scenes if scene not in files]
+        if missing:
+            raise FileNotFoundError(
+                f"DOTA scene(s) {', '.join(missing[:5])} of the prepared patches are no longer in {self.root} "
+                f"({self.layout_help()}): run segkit-prepare dataset=dota again"
+            )
+        labels = {scene: files[scene][1] for scene in scenes}
+        return ImageMaskDataset(
+            scenes, [files[scene][0] for scene in scenes], [labels[scene] for scene in scenes],
+            transform=None, image_spec=self.image_spec(), mask_values=self.mask_values(),
+            mask_decoder=functools.partial(DotaDataModule._scene_mask, labels, self.skip_difficult),
+        )
+
+    @staticmethod
+    def _scene_mask(labels: dict[str, Path], skip_difficult: bool, name: str, shape: tuple[int, int]) -> np.ndarray:
+        """Scene ``name``'s class mask of ``shape``, rasterised from its label file."""
+        objects, problems = parse_dota_labels(labels[name])
+        if problems:
+            raise ValueError(f"{len(problems)} problem(s) in {labels[name]}:\n  " + "\n  ".join(problems))
+        return rasterize_dota(objects, shape, labels[name], skip_difficult)

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import segkit  # noqa: F401  (sets environment defaults before heavy imports)
 from segkit.errors import report_errors
+from segkit.quiet import silence_known_noise
 from segkit.rundir import process_rank
 
 
@@ -26,6 +27,7 @@ def _route_lightning_logs_to_hydra() -> None:
 
     if logging.getLogger().handlers:
         logging.getLogger("lightning").handlers.clear()
+    silence_known_noise()  # dependencies' tips and known warnings that are not the user's concern
 
 
 @hydra.main(version_base="1.3", config_path="pkg://segkit.conf", config_name="train")

@@ -1,12 +1,15 @@
 """``segkit-eval``: how good a checkpoint is on a dataset split, and where it fails.
 
 Every image is predicted at its own resolution with the same :class:`Predictor` as
-``segkit-predict`` (sliding window, TTA) and compared with its mask as stored. Writes
-into ``output``::
+``segkit-predict`` (sliding window, TTA) and compared with its mask as stored. The images
+are those of the datamodule's :meth:`~segkit.data.datamodule.SegmentationDataModule.evaluation_dataset`:
+the split's items themselves, or — for data trained on derived pieces such as DOTA's
+overlapping patches — the whole source images they were cut from, each scored once.
+Writes into ``output``::
 
     report.md           scores per class and mean, confusion heatmap, worst images, linked
     scores.json         the same numbers, for scripts
-    per_image.csv       Dice / IoU per image and class, ground-truth and predicted pixels
+    per_image.csv       Dice / IoU per image and class, its size, ground-truth and predicted pixels
     confusion.csv       pixel confusion matrix (rows: ground truth, columns: prediction)
     confusion.png       the same, row-normalised, as a heatmap
     worst/NN_<name>.png the ``worst`` images by per-image Dice: image | truth | prediction | errors
@@ -33,7 +36,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from segkit.checkpoint import LoadedCheckpoint, load_checkpoint
-from segkit.data.io import write_bytes_atomic, write_json_atomic
+from segkit.data.io import require_writable, write_bytes_atomic, write_json_atomic
 from segkit.metrics import confusion_matrices, dice_iou_from_confusion
 from segkit.predict import build_predictor, refuse_overwrite
 
@@ -70,6 +73,8 @@ class EvalScores:
         dice, iou = dice_iou_from_confusion(confusion, empty_score=1.0)
         row: dict[str, Any] = {
             "name": name,
+            "height": int(target.shape[0]),
+            "width": int(target.shape[1]),
             "dice": float(dice[self.first:].mean()),
             "iou": float(iou[self.first:].mean()),
             "target_foreground_px": int(confusion[1:].sum()),
@@ -144,6 +149,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"split={split}: choose val, train or all")
     output = Path(str(cfg.output)) if cfg.get("output") else _default_output(Path(str(cfg.ckpt)), split)
     refuse_overwrite([output / name for name in OUTPUT_FILES], bool(cfg.overwrite))
+    require_writable(output, "set output= to a folder you can write to")
     data_cfg = _data_config(cfg, loaded)
     datamodule = instantiate(data_cfg, _convert_="all")
     if max(datamodule.num_classes, 2) != max(loaded.num_classes, 2):
@@ -154,19 +160,18 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     items = datamodule.items()
     train_idx, val_idx = datamodule.split(items)
     chosen = {"val": val_idx, "train": train_idx, "all": list(range(len(items)))}[split]
-    if cfg.get("limit"):
-        chosen = chosen[: int(cfg.limit)]
     if not chosen:
         raise ValueError(f"the {split} split of {datamodule.kind} data at {datamodule.root} is empty")
-    dataset = datamodule.raw_dataset([items[i] for i in chosen])
+    dataset = datamodule.evaluation_dataset([items[i] for i in chosen])
+    count = min(len(dataset), int(cfg.limit)) if cfg.get("limit") else len(dataset)
     predictor = build_predictor(loaded, cfg)
     hp = loaded.module.hparams
     scores = EvalScores(loaded.class_names, hp.ignore_index, bool(hp.include_background) and loaded.num_classes > 1)
     worst: list[tuple[float, int, np.ndarray]] = []  # max-heap on the score (negated) of the worst N
     n_worst = int(cfg.worst)
-    for index in tqdm(range(len(dataset)), unit="img", desc=f"eval {split}"):
+    for index in tqdm(range(count), unit="img", desc=f"eval {split}"):
         image, target = dataset.load(index)
-        predictor.preprocessing.check(image, dataset.image_paths[index])
+        image = predictor.preprocessing.check(image, dataset.image_paths[index])
         labels = predictor.predict(image).labels
         score = scores.add(dataset.names[index], target, labels)
         if n_worst > 0:
@@ -198,7 +203,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
             raise FileExistsError(f"{path} exists: pass overwrite=true to replace it")
         row = scores.rows[index]
         error_panel(path, image, target, labels, len(loaded.class_names),
-                    f"{name}: Dice {row['dice']:.3f}, IoU {row['iou']:.3f}", hp.ignore_index)
+                    f"{name}: Dice {row['dice']:.3f}, IoU {row['iou']:.3f}", hp.ignore_index, class_names=loaded.class_names)
         panels.append({"rank": rank, "name": name, "dice": row["dice"], "iou": row["iou"], "panel": str(path.relative_to(output))})
     summary["worst"] = panels
     summary["seconds"] = round(time.perf_counter() - started, 2)

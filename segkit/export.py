@@ -25,13 +25,14 @@ from omegaconf import DictConfig
 from torch import nn
 
 from segkit.checkpoint import load_checkpoint
-from segkit.data.io import temporary_path, write_json_atomic
+from segkit.data.io import require_writable, temporary_path, write_json_atomic
 from segkit.predict import refuse_overwrite
 
 __all__ = ["ExportedNet", "export_onnx", "export_torchscript", "run_export"]
 
 log = logging.getLogger(__name__)
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
+FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript"}
 
 
 class ExportedNet(nn.Module):
@@ -96,23 +97,34 @@ def _runner(fmt: str, path: Path):
 
 
 def run_export(cfg: DictConfig) -> dict[str, Any]:
-    """Export ``cfg.ckpt``; returns the content of the sidecar JSON (with the parity numbers)."""
+    """Export ``cfg.ckpt``; returns the content of the sidecar JSON (with the parity numbers).
+
+    Each step is logged as it starts (the whole export takes tens of seconds on a CPU); the
+    output folder is checked before any of them, so an unwritable place fails at once.
+    """
     started = time.perf_counter()
     fmt = str(cfg.format)
     if fmt not in SUFFIXES:
         raise ValueError(f"format={fmt}: choose {' or '.join(SUFFIXES)}")
+    ckpt = Path(str(cfg.ckpt))
+    if not ckpt.is_file():  # before require_writable creates the folders of a mistyped path
+        raise FileNotFoundError(f"{ckpt}: checkpoint file not found")
+    output = Path(str(cfg.output)) if cfg.get("output") else ckpt.with_suffix(SUFFIXES[fmt])
+    sidecar = output.with_name(output.name + ".json")
+    refuse_overwrite([output, sidecar], bool(cfg.overwrite))
+    where = "choose another output= (the folder of the exported file)"
+    if not cfg.get("output"):
+        where += "; by default it is written beside the checkpoint"
+    require_writable(output.parent, where)
     if fmt == "onnx":
         try:
             import onnxruntime  # noqa: F401
             import onnxscript  # noqa: F401
         except ImportError as err:
             raise ImportError(f"format=onnx needs the export extra: pip install 'segkit[export]' ({err})") from err
-    loaded = load_checkpoint(cfg.ckpt)
-    ckpt = Path(str(cfg.ckpt))
-    output = Path(str(cfg.output)) if cfg.get("output") else ckpt.with_suffix(SUFFIXES[fmt])
-    sidecar = output.with_name(output.name + ".json")
-    refuse_overwrite([output, sidecar], bool(cfg.overwrite))
 
+    log.info("loading checkpoint %s", ckpt)
+    loaded = load_checkpoint(cfg.ckpt)
     prep = loaded.preprocessing
     multiple = int(prep.get("size_multiple") or 1)
     size = cfg.get("size") or prep.get("image_size") or [256, 256]
@@ -124,16 +136,21 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(1, channels, height, width, generator=generator)
 
-    output.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(output)
+    shapes = [(2, channels, height, width), (1, channels, height + 2 * multiple, width + multiple)]
     try:
+        step = time.perf_counter()
+        log.info("exporting to %s at %dx%d (%s; batch, height and width stay dynamic)", FORMAT_NAMES[fmt], height, width,
+                 f"opset {cfg.opset}" if fmt == "onnx" else "traced")
         if fmt == "onnx":
             export_onnx(model, example, tmp, int(cfg.opset))
         else:
             export_torchscript(model, example, tmp)
+        log.info("exported in %.1f s; checking parity with PyTorch on two input sizes: %s",
+                 time.perf_counter() - step, " and ".join("x".join(map(str, shape)) for shape in shapes))
         run = _runner(fmt, tmp)
         checks = []
-        for shape in [(2, channels, height, width), (1, channels, height + 2 * multiple, width + multiple)]:
+        for shape in shapes:
             x = torch.randn(*shape, generator=generator)
             with torch.no_grad():
                 reference = model(x).numpy()
@@ -165,6 +182,6 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - started, 2),
     }
     write_json_atomic(sidecar, info)
-    log.info("%s model written to %s (parity with PyTorch: max |diff| %s); preprocessing in %s",
-             fmt, output, ", ".join(f"{c['max_abs_diff']:.2g}" for c in checks), sidecar)
+    log.info("%s model written to %s (parity with PyTorch: max |diff| %s; %.1f s in all); preprocessing in %s",
+             fmt, output, ", ".join(f"{c['max_abs_diff']:.2g}" for c in checks), info["seconds"], sidecar)
     return info

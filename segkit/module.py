@@ -107,8 +107,11 @@ class SegmentationModule(L.LightningModule):
                 f"task 'classification' needs a classification head on the encoder: set "
                 f"model.classification_head=true (smp encoders; model {model['name']!r})"
             )
-        self.val_accuracy = BinaryAccuracy()
-        self.val_f1 = BinaryF1Score()
+        if task == "classification":
+            # the image-level metrics of the classification stage only: a segmentation model's
+            # summary (and its checkpoints) carry no metric it never computes
+            self.val_accuracy = BinaryAccuracy()
+            self.val_f1 = BinaryF1Score()
         # validation losses as torchmetrics means (sums of value x images, and of images):
         # exact under DDP when ranks validate different numbers of images, where Lightning's
         # own sync_dist mean divides by a per-rank integer batch count

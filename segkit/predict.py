@@ -6,20 +6,24 @@ Writes into ``output``::
     probabilities/<stem>.npy    (K, H, W) float16, when save_probabilities
     overlays/<stem>.png         the image with the predicted classes drawn in, when save_overlays
     submission.csv              format=airbus | carvana, validated by decoding it back
-    predict.json                what ran: checkpoint, settings, counts, time
+    predict.json                what ran: checkpoint, settings, counts, time, the images that failed
 
 Nothing that exists is overwritten unless ``overwrite=true``; every file is written under a
-temporary name and renamed into place.
+temporary name and renamed into place. Hidden files (``.DS_Store``, macOS ``._x.jpg``
+resource forks) are not inputs; an image that cannot be read, or does not fit the model,
+is logged, listed in ``predict.json`` under ``failed`` and passed over — the run fails only
+when no image at all could be predicted.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import io
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,7 +35,9 @@ from segkit.checkpoint import LoadedCheckpoint, load_checkpoint
 from segkit.data.io import (
     DEFAULT_MAX_IMAGE_PIXELS,
     check_pixels,
+    is_hidden,
     read_image,
+    require_writable,
     temporary_path,
     write_bytes_atomic,
     write_json_atomic,
@@ -47,9 +53,18 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif")
 
 
+def _is_input(path: Path, folder: Path | None = None) -> bool:
+    """An image name that is not hidden, nor (below ``folder``) inside a hidden folder."""
+    if path.suffix.lower() not in IMAGE_SUFFIXES or is_hidden(path):
+        return False
+    return folder is None or not any(is_hidden(part) for part in path.relative_to(folder).parts)
+
+
 def collect_inputs(spec: str, recursive: bool = False) -> list[Path]:
     """The image files ``spec`` names: one file, a folder's images, or a glob pattern.
 
+    Hidden files (names starting with ``.``: ``.DS_Store``, macOS ``._x.jpg`` resource
+    forks) and, with ``recursive``, hidden subfolders are left out of folders and patterns.
     Raises ``FileNotFoundError`` when it names nothing, ``ValueError`` when two images
     would write the same output name (same stem).
     """
@@ -58,11 +73,11 @@ def collect_inputs(spec: str, recursive: bool = False) -> list[Path]:
         files = [path]
     elif path.is_dir():
         pattern = "**/*" if recursive else "*"
-        files = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in path.glob(pattern) if _is_input(p, path) and p.is_file())
         if not files:
             raise FileNotFoundError(f"input={spec}: the folder holds no images ({' '.join(IMAGE_SUFFIXES)})")
     elif any(c in spec for c in "*?["):
-        files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in map(Path, glob.glob(spec, recursive=True)) if _is_input(p) and p.is_file())
         if not files:
             raise FileNotFoundError(f"input={spec}: the pattern matches no images ({' '.join(IMAGE_SUFFIXES)})")
     else:
@@ -117,45 +132,56 @@ def build_predictor(loaded: LoadedCheckpoint, cfg: DictConfig) -> Predictor:
     )
 
 
-def check_headers(files: list[Path], preprocessing: Preprocessing, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
-    """Read every image's header (not its pixels) and raise listing each file whose channel
-    count the model cannot take, or whose size is above ``max_pixels`` — before any time is
-    spent predicting."""
+def check_headers(files: list[Path], max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+    """Read every image's header (not its pixels) and raise listing each file whose size is
+    above ``max_pixels`` — before any time is spent predicting. (Channels are not judged
+    from headers: the decoder's count can differ, e.g. a CMYK JPEG decodes to RGB; each
+    image is conformed when read, :meth:`Preprocessing.check`.)"""
     from PIL import Image
 
     problems = []
     for file in files:
         try:
             with Image.open(file) as im:
-                channels = len(im.getbands())
                 width, height = im.size
         except Exception:  # noqa: BLE001 — formats PIL cannot open are checked when read
             continue
-        if channels != preprocessing.in_channels:
-            problems.append(f"{file}: image has {channels} channel(s), the model expects {preprocessing.in_channels}")
         try:
             check_pixels(file, height, width, max_pixels)
         except ValueError as err:
             problems.append(str(err))
     if problems:
-        raise ValueError(f"{len(problems)} input image(s) do not fit the model:\n  " + "\n  ".join(problems[:20]))
+        raise ValueError(f"{len(problems)} input image(s) are refused from their headers:\n  " + "\n  ".join(problems[:20]))
 
 
-def iter_images(
-    files: list[Path], readers: int, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
-) -> Iterator[tuple[Path, np.ndarray]]:
-    """Decode images in ``readers`` threads (OpenCV and tifffile release the GIL), in order."""
+def load_input(file: Path, preprocessing: Preprocessing, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """One input image as the model takes it: decoded as training decodes (:func:`read_image`),
+    channels conformed as training conforms them (:meth:`Preprocessing.check`)."""
+    return preprocessing.check(read_image(file, max_pixels), file)
+
+
+def iter_images(files: list[Path], readers: int, load: Callable[[Path], np.ndarray]) -> Iterator[tuple[Path, np.ndarray | Exception]]:
+    """``(file, load(file))`` in order, loaded ahead in ``readers`` threads (OpenCV and
+    tifffile release the GIL); a file that ``load`` cannot read (``ValueError``, ``OSError``)
+    gives its error in place of the image."""
+
+    def attempt(file: Path) -> np.ndarray | Exception:
+        try:
+            return load(file)
+        except (ValueError, OSError) as err:  # FileNotFoundError and PermissionError are OSErrors
+            return err
+
     if readers <= 0:
         for file in files:
-            yield file, read_image(file, max_pixels)
+            yield file, attempt(file)
         return
     with ThreadPoolExecutor(max_workers=readers) as pool:
-        pending = [pool.submit(read_image, f, max_pixels) for f in files[: readers + 1]]
+        pending = [pool.submit(attempt, f) for f in files[: readers + 1]]
         for i, file in enumerate(files):
             image = pending[i].result()
             pending[i] = None  # free it
             if i + readers + 1 < len(files):
-                pending.append(pool.submit(read_image, files[i + readers + 1], max_pixels))
+                pending.append(pool.submit(attempt, files[i + readers + 1]))
             yield file, image
 
 
@@ -220,9 +246,10 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     output = Path(str(cfg.output))
     plan = planned_outputs(files, output, cfg)
     refuse_overwrite([p for paths in plan.values() for p in paths], bool(cfg.overwrite))
+    require_writable(output, "set output= to a folder you can write to")
     predictor = build_predictor(loaded, cfg)
     max_pixels = cfg.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
-    check_headers(files, predictor.preprocessing, max_pixels)
+    check_headers(files, max_pixels)
     submission = (
         SubmissionWriter(fmt, output / "submission.csv", int(cfg.submission.min_size), int(cfg.submission.connectivity))
         if fmt in FORMATS else None
@@ -230,9 +257,17 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     binary = loaded.num_classes == 1
     log.info("predicting %d image(s) with %s on %s (precision %s, tile %d, TTA %s)", len(files), cfg.ckpt,
              predictor.device, cfg.precision, predictor.tile, predictor.tta or "none")
-    pixels = 0
-    for i, (file, image) in enumerate(tqdm(iter_images(files, int(cfg.readers), max_pixels), total=len(files), unit="img", desc="predict")):
-        predictor.preprocessing.check(image, file)
+    pixels, predicted = 0, 0
+    failed: list[dict[str, str]] = []
+    load = functools.partial(load_input, preprocessing=predictor.preprocessing, max_pixels=max_pixels)
+    for i, (file, image) in enumerate(tqdm(iter_images(files, int(cfg.readers), load), total=len(files), unit="img", desc="predict")):
+        if isinstance(image, Exception):
+            if len(files) == 1:
+                raise image
+            log.warning("skipped, cannot be predicted: %s", " ".join(str(image).split()))
+            failed.append({"file": str(file), "error": str(image)})
+            continue
+        predicted += 1
         if cfg.save_probabilities:
             labels = _write_probabilities(plan["probabilities"][i], predictor, image)
         else:
@@ -245,18 +280,24 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
             values = labels * np.uint8(cfg.binary_value) if binary else labels
             write_bytes_atomic(mask_path, _mask_bytes(values, mask_path.suffix == ".tif"))
         if cfg.save_overlays:
-            drawn = overlay(image, labels, max(loaded.num_classes, 2))
+            drawn = overlay(image, labels, max(loaded.num_classes, 2), class_names=loaded.class_names)
             write_png_atomic(plan["overlays"][i], drawn[:, :, ::-1])
+    if not predicted:
+        shown = "\n  ".join(f["error"] for f in failed[:20])
+        more = f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else ""
+        raise ValueError(f"none of the {len(files)} input images could be predicted:\n  {shown}{more}")
     settings = OmegaConf.to_container(cfg, resolve=True)
+    per_image = {"masks", "probabilities", "overlays"}
     summary: dict[str, Any] = {
         "checkpoint": str(cfg.ckpt),
         "input": str(cfg.input),
-        "images": len(files),
+        "images": predicted,
         "megapixels": round(pixels / 1e6, 3),
         "windows": predictor.windows_run,
         "device": str(predictor.device),
         "settings": {k: settings[k] for k in ("precision", "tile", "overlap", "blend", "batch_size", "tta", "threshold", "format")},
-        "outputs": {kind: len(paths) for kind, paths in plan.items()},
+        "outputs": {kind: predicted if kind in per_image else len(paths) for kind, paths in plan.items()},
+        "failed": failed,
     }
     if submission is not None:
         summary["submission"] = {"path": str(submission.path), **submission.close()}
@@ -264,4 +305,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     summary["seconds"] = round(time.perf_counter() - started, 2)
     write_json_atomic(output / "predict.json", summary)
     log.info("wrote %s", ", ".join(f"{n} {kind}" for kind, n in summary["outputs"].items()))
+    if failed:
+        left_out = " (they are not in submission.csv)" if submission is not None else ""
+        log.warning("%d image(s) could not be read: see %s%s", len(failed), output / "predict.json", left_out)
     return summary

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segkit.data.io import conform_channels
 from segkit.data.normalize import Normalizer
 from segkit.inference import TTA_TRANSFORMS, iter_blended_rows, predict_with_tta, window_layout
 from segkit.module import SegmentationModule
@@ -64,12 +65,19 @@ class Preprocessing:
             normalize=spec.get("normalize"),
         )
 
-    def check(self, image: np.ndarray, path: str | Path) -> None:
-        """Raise ``ValueError`` naming ``path`` when the image cannot be what the model saw."""
-        if image.ndim != 3 or image.shape[2] != self.in_channels:
-            channels = 1 if image.ndim == 2 else image.shape[2]
-            hint = " (drop the alpha channel)" if channels == 4 and self.in_channels == 3 else ""
-            raise ValueError(f"{path}: image has {channels} channel(s), the model expects {self.in_channels}{hint}")
+    def check(self, image: np.ndarray, path: str | Path) -> np.ndarray:
+        """``image`` as the model takes it, or ``ValueError`` naming ``path``.
+
+        Its channels are conformed to ``in_channels`` by the channel policy training applies
+        (:func:`~segkit.data.io.conform_channels`: gray → RGB, a fully opaque alpha channel
+        dropped, RGB with equal channels → gray; colour → gray, transparency and other
+        counts refused); its dtype must be the one the model was trained on.
+        """
+        if image.ndim == 2:
+            image = image[:, :, None]
+        image = conform_channels(
+            image, self.in_channels, path, f"the model was trained on {self.in_channels}-channel images: convert the file"
+        )
         if self.image_dtype is not None and image.dtype != np.dtype(self.image_dtype):
             raise ValueError(
                 f"{path}: image is {image.dtype}, the model was trained on {self.image_dtype} images "
@@ -77,6 +85,7 @@ class Preprocessing:
             )
         if image.dtype not in (np.uint8, np.uint16, np.float32):
             raise ValueError(f"{path}: unsupported image dtype {image.dtype} (uint8, uint16 or float32)")
+        return image
 
     def resize(self, image: np.ndarray) -> np.ndarray:
         """Resize to ``image_size`` as ``albumentations.Resize`` does (bilinear); unchanged when ``None``."""

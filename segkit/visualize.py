@@ -12,7 +12,10 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-__all__ = ["ERROR_COLOURS", "confusion_heatmap", "display_rgb", "error_map", "error_panel", "overlay", "palette"]
+__all__ = [
+    "ERROR_COLOURS", "class_name", "confusion_heatmap", "display_rgb", "draw_legend", "error_map", "error_panel",
+    "legend_classes", "overlay", "palette",
+]
 
 # tab10-like, high contrast on aerial and grey images; class 0 (background) is never drawn
 _BASE = np.array(
@@ -49,21 +52,132 @@ def display_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def overlay(image: np.ndarray, labels: np.ndarray, num_labels: int, alpha: float = 0.45) -> np.ndarray:
-    """The image with each foreground class filled in its colour and outlined: ``(H, W, 3)`` uint8 RGB."""
+def overlay(
+    image: np.ndarray,
+    labels: np.ndarray,
+    num_labels: int,
+    alpha: float = 0.45,
+    class_names: Sequence[str] | None = None,
+) -> np.ndarray:
+    """The image with each foreground class filled in its colour and outlined: ``(H, W, 3)`` uint8 RGB.
+
+    With ``class_names`` (one per label, background first) a legend is drawn into the
+    corner that hides the least foreground: a swatch and the name of each class in the
+    picture, or of every class when there are few (:func:`legend_classes`).
+    """
     rgb = display_rgb(image)
     colours = palette(max(num_labels, 2))
     foreground = (labels > 0) & (labels < len(colours))
-    if not foreground.any():
-        return rgb
-    tint = colours[np.where(foreground, labels, 0)]
     out = rgb.copy()
-    out[foreground] = (rgb[foreground] * (1 - alpha) + tint[foreground] * alpha).astype(np.uint8)
-    thickness = max(1, round(max(labels.shape) / 500))
-    for cls in np.unique(labels[foreground]):
-        contours, _ = cv2.findContours((labels == cls).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(out, contours, -1, tuple(int(c) for c in colours[cls]), thickness)
+    if foreground.any():
+        tint = colours[np.where(foreground, labels, 0)]
+        out[foreground] = (rgb[foreground] * (1 - alpha) + tint[foreground] * alpha).astype(np.uint8)
+        thickness = max(1, round(max(labels.shape) / 500))
+        for cls in np.unique(labels[foreground]):
+            contours, _ = cv2.findContours((labels == cls).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(out, contours, -1, tuple(int(c) for c in colours[cls]), thickness)
+    if class_names is not None:
+        shown = legend_classes(num_labels, labels)
+        if shown:
+            draw_legend(out, [(class_name(class_names, c), colours[c]) for c in shown], avoid=foreground)
     return out
+
+
+# up to this many foreground classes, a legend lists them all (absent ones too: "no ship here"
+# is worth reading); above it, only those in the picture
+LEGEND_ALL_UP_TO = 4
+
+
+def legend_classes(num_labels: int, *label_maps: np.ndarray) -> list[int]:
+    """The foreground labels a legend shows: all when there are at most ``LEGEND_ALL_UP_TO``,
+    else those present in any of ``label_maps`` (sorted)."""
+    count = max(num_labels, 2)
+    if count - 1 <= LEGEND_ALL_UP_TO:
+        return list(range(1, count))
+    present: set[int] = set()
+    for labels in label_maps:
+        present.update(int(v) for v in np.unique(labels))
+    return [c for c in sorted(present) if 0 < c < count]
+
+
+def class_name(class_names: Sequence[str] | None, label: int) -> str:
+    """The name of ``label``, or ``class <label>`` when the list has none for it."""
+    if class_names is not None and 0 <= label < len(class_names) and str(class_names[label]):
+        return str(class_names[label])
+    return f"class {label}"
+
+
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def _legend_layout(names: list[str], scale: float) -> dict[str, int]:
+    """Sizes in pixels of a legend of ``names`` at font ``scale``."""
+    thickness = 1 if scale < 0.8 else 2
+    sizes = [cv2.getTextSize(name, _FONT, scale, thickness) for name in names]
+    text = max(h + b for (_, h), b in sizes)
+    swatch = max(6, round(text * 0.9))
+    row = max(text, swatch)
+    gap = max(2, round(text * 0.35))
+    pad = max(3, round(text * 0.4))
+    return {
+        "thickness": thickness, "swatch": swatch, "row": row, "line": row + gap, "pad": pad,
+        "width": pad + swatch + pad + max(w for (w, _), _ in sizes) + pad,
+        "height": pad + len(names) * (row + gap) - gap + pad,
+    }
+
+
+def draw_legend(out: np.ndarray, entries: list[tuple[str, np.ndarray]], avoid: np.ndarray | None = None) -> None:
+    """Draw ``(name, RGB colour)`` entries as a legend box into ``out`` (``(H, W, 3)`` uint8, in
+    place): a colour swatch and the name per line on a darkened background, in the corner
+    where it covers the fewest ``avoid`` pixels. The font follows the image size; on a small
+    image lines that do not fit are summed up as ``+N more`` and long names shortened."""
+    height, width = out.shape[:2]
+    margin = max(2, round(min(height, width) / 100))
+    room_w, room_h = width - 2 * margin, height - 2 * margin
+    # OpenCV's Hershey font draws ASCII only
+    names = [name.encode("ascii", "replace").decode() for name, _ in entries]
+    colours: list[np.ndarray | None] = [colour for _, colour in entries]
+    if not names or room_w <= 0 or room_h <= 0:
+        return
+    scale = float(np.clip(min(height, width) / 700, 0.35, 1.2))
+    layout = _legend_layout(names, scale)
+    while (layout["width"] > room_w or layout["height"] > room_h) and scale > 0.3:
+        scale = max(0.3, scale * 0.85)
+        layout = _legend_layout(names, scale)
+    if layout["height"] > room_h:  # too many lines even at the smallest font
+        fit = max(1, (room_h - 2 * layout["pad"] + layout["line"] - layout["row"]) // layout["line"])
+        if fit < len(names):
+            keep = max(0, fit - 1)
+            names, colours = [*names[:keep], f"+{len(names) - keep} more"], [*colours[:keep], None]
+            layout = _legend_layout(names, scale)
+    while layout["width"] > room_w:  # shorten the longest name
+        longest = max(range(len(names)), key=lambda i: len(names[i]))
+        if len(names[longest]) <= 3:
+            break
+        names[longest] = names[longest].removesuffix("..")[:-1] + ".."
+        layout = _legend_layout(names, scale)
+    box_w, box_h = layout["width"], layout["height"]
+    if box_w > width or box_h > height:
+        return  # an image of a few pixels: no legend fits
+
+    corners = [(margin, margin), (width - margin - box_w, margin),
+               (margin, height - margin - box_h), (width - margin - box_w, height - margin - box_h)]
+    corners = [(max(0, x), max(0, y)) for x, y in corners]
+    if avoid is not None:  # the first corner with the least foreground under it (stable sort)
+        corners.sort(key=lambda xy: int(np.count_nonzero(avoid[xy[1]:xy[1] + box_h, xy[0]:xy[0] + box_w])))
+    x0, y0 = corners[0]
+    region = out[y0:y0 + box_h, x0:x0 + box_w]
+    region[:] = (region * 0.3).astype(np.uint8)  # darkened: white text reads on any picture
+    pad, swatch, thickness = layout["pad"], layout["swatch"], layout["thickness"]
+    for i, (name, colour) in enumerate(zip(names, colours)):
+        top = y0 + pad + i * layout["line"]
+        text_x = x0 + pad + swatch + pad
+        if colour is not None:
+            cv2.rectangle(out, (x0 + pad, top), (x0 + pad + swatch - 1, top + swatch - 1),
+                          tuple(int(c) for c in colour), cv2.FILLED)
+        (_, text_h), _ = cv2.getTextSize(name, _FONT, scale, thickness)
+        cv2.putText(out, name, (text_x, top + (layout["row"] + text_h) // 2), _FONT, scale, (255, 255, 255),
+                    thickness, cv2.LINE_AA)
 
 
 def error_map(image: np.ndarray, target: np.ndarray, prediction: np.ndarray, ignore_index: int | None = None) -> np.ndarray:
@@ -99,8 +213,11 @@ def error_panel(
     title: str,
     ignore_index: int | None = None,
     max_side: int = 512,
+    class_names: Sequence[str] | None = None,
 ) -> None:
-    """Save ``image | ground truth | prediction | errors`` side by side as a PNG."""
+    """Save ``image | ground truth | prediction | errors`` side by side as a PNG, with a
+    legend of the classes (those in the ground truth or the prediction, or all when few;
+    named by ``class_names``) above the legend of the error colours."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,15 +231,27 @@ def error_panel(
         ("prediction", overlay(image, prediction, num_labels)),
         ("errors", error_map(image, target, prediction, ignore_index)),
     ]
-    figure, axes = plt.subplots(1, 4, figsize=(16, 4.6))
+    colours = palette(max(num_labels, 2))
+    classes = [Patch(color=colours[c] / 255, label=class_name(class_names, c))
+               for c in legend_classes(num_labels, shown_target, prediction)]
+    columns = 8
+    class_rows = -(-len(classes) // columns)
+    row_inches = 0.28
+    height = 4.6 + row_inches * class_rows
+    figure, axes = plt.subplots(1, 4, figsize=(16, height))
     for axis, (name, tile) in zip(axes, tiles):
         axis.imshow(_shrink(tile, max_side))
         axis.set_title(name)
         axis.axis("off")
-    handles = [Patch(color=np.array(c) / 255, label=n) for n, c in ERROR_COLOURS.items()]
-    figure.legend(handles=handles, loc="lower center", ncol=4, fontsize=9, frameon=False)
+    errors = [Patch(color=np.array(c) / 255, label=n) for n, c in ERROR_COLOURS.items()]
+    bottom = 0.06 * 4.6 / height  # the error legend's band, as before
+    figure.legend(handles=errors, loc="lower center", ncol=4, fontsize=9, frameon=False)
+    if classes:
+        figure.legend(handles=classes, loc="lower center", ncol=min(columns, len(classes)), fontsize=9,
+                      frameon=False, bbox_to_anchor=(0.5, bottom), title="classes", title_fontsize=9)
+        bottom += (row_inches * class_rows + 0.2) / height
     figure.suptitle(title)
-    figure.tight_layout(rect=(0, 0.06, 1, 1))
+    figure.tight_layout(rect=(0, bottom, 1, 1))
     _save_figure(figure, path)
 
 

@@ -1,6 +1,9 @@
 """segkit-export: ONNX and TorchScript outputs equal PyTorch's, on two input sizes."""
 
 import json
+import logging
+import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -20,10 +23,22 @@ def export(ckpt, *overrides):
     return run_export(compose_config("export", [f"ckpt={ckpt}", *overrides]))
 
 
-def test_onnx_matches_pytorch(ckpt, tmp_path):
+def export_steps(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == "segkit.export"]
+
+
+def test_onnx_matches_pytorch(ckpt, tmp_path, caplog):
     import onnxruntime as ort
 
+    caplog.set_level(logging.INFO, logger="segkit.export")
     info = export(ckpt, "format=onnx", f"output={tmp_path / 'model.onnx'}")
+    # the ~20 s of work are narrated step by step, in order, as they start
+    steps = export_steps(caplog)
+    assert len(steps) == 4, steps
+    assert steps[0] == f"loading checkpoint {ckpt}"
+    assert steps[1].startswith("exporting to ONNX at 64x64 (opset 18;")
+    assert steps[2].startswith("exported in ") and "checking parity with PyTorch on two input sizes: 2x3x64x64 and 1x3x" in steps[2]
+    assert steps[3].startswith(f"onnx model written to {tmp_path / 'model.onnx'} (parity with PyTorch")
     assert [c["ok"] for c in info["parity"]] == [True, True]
     assert max(c["max_abs_diff"] for c in info["parity"]) < 1e-4
     sidecar = json.loads((tmp_path / "model.onnx.json").read_text())
@@ -39,8 +54,11 @@ def test_onnx_matches_pytorch(ckpt, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.load is deprecated in 2.14
-def test_torchscript_with_probabilities(ckpt, tmp_path):
+def test_torchscript_with_probabilities(ckpt, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="segkit.export")
     info = export(ckpt, "format=torchscript", "activation=probabilities", f"output={tmp_path / 'model.pt'}")
+    assert [m.split(" ")[0] for m in export_steps(caplog)] == ["loading", "exporting", "exported", "torchscript"]
+    assert "exporting to TorchScript at 64x64 (traced;" in export_steps(caplog)[1]
     assert all(c["ok"] for c in info["parity"])
     scripted = torch.jit.load(str(tmp_path / "model.pt"))
     x = torch.randn(1, 3, 64, 64)
@@ -57,3 +75,56 @@ def test_export_refuses_to_overwrite_and_unknown_formats(ckpt, tmp_path):
     assert target.read_bytes() == b"keep me"
     with pytest.raises(ValueError, match="format=tflite: choose onnx or torchscript"):
         export(ckpt, "format=tflite")
+
+
+@pytest.fixture
+def no_export_work(monkeypatch):
+    """Loading the checkpoint is the first piece of export work: it must not be reached."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the export work started before the output folder was checked")
+
+    monkeypatch.setattr("segkit.export.load_checkpoint", refuse)
+
+
+def test_output_under_a_file_fails_before_the_export(ckpt, tmp_path, caplog, no_export_work):
+    # fails for root too: a folder cannot be made where a file is
+    (tmp_path / "afile").write_text("not a folder")
+    caplog.set_level(logging.INFO, logger="segkit.export")
+    with pytest.raises(PermissionError, match=r"cannot write to .*afile \(.*\): choose another output= \(the folder of the exported file\)"):
+        export(ckpt, "format=onnx", f"output={tmp_path / 'afile' / 'model.onnx'}")
+    assert export_steps(caplog) == []
+
+
+def test_read_only_output_folder_fails_before_the_export(ckpt, tmp_path, monkeypatch, no_export_work):
+    """The write probe of ``require_writable`` refused, as on a read-only folder (root included)."""
+    write_bytes = pathlib.Path.write_bytes
+
+    def read_only(path, data):
+        if path.name.startswith(".segkit-write-test"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return write_bytes(path, data)
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", read_only)
+    with pytest.raises(PermissionError, match=r"cannot write to .*ro \(Permission denied\): choose another output="):
+        export(ckpt, "format=torchscript", f"output={tmp_path / 'ro' / 'model.pt'}")
+    assert not (tmp_path / "ro" / "model.pt").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="running as root: chmod 0o500 does not stop root from writing "
+                    "(test_read_only_output_folder_fails_before_the_export covers this case)")
+def test_chmod_read_only_output_folder_fails_before_the_export(ckpt, tmp_path, no_export_work):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError, match=r"cannot write to .*ro \(Permission denied\): choose another output="):
+            export(ckpt, "format=torchscript", f"output={folder / 'model.pt'}")
+    finally:
+        folder.chmod(0o700)
+
+
+def test_missing_checkpoint_creates_no_folders(tmp_path):
+    missing = tmp_path / "typo" / "checkpoints" / "best.ckpt"
+    with pytest.raises(FileNotFoundError, match="checkpoint file not found"):
+        export(missing, "format=onnx")
+    assert not (tmp_path / "typo").exists()

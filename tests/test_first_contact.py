@@ -391,3 +391,18 @@ def test_samples_report_skipped_files_to_the_datamodule(tmp_path):
              "skipped": ["", "/x/a.png: cannot decode image"]}
     out = dm.on_after_batch_transfer(batch, 0)
     assert "skipped" not in out and dm.skipped_files == {"/x/a.png": "/x/a.png: cannot decode image"}
+
+
+def test_split_files_with_a_byte_order_mark_are_read(tmp_path):
+    from segkit.data.splits import read_name_list
+
+    (tmp_path / "val.json").write_bytes('\ufeff["img_1.tif", "img_2.tif"]'.encode())
+    (tmp_path / "val.txt").write_bytes("\ufeffimg_1\r\nimg_2\r\n".encode())
+    assert read_name_list(tmp_path / "val.json") == ["img_1.tif", "img_2.tif"]
+    assert read_name_list(tmp_path / "val.txt") == ["img_1", "img_2"]
+
+
+def test_a_data_root_that_is_a_file_says_so(tmp_path):
+    (tmp_path / "data.zip").write_bytes(b"PK")
+    with pytest.raises(NotADirectoryError, match=r"data.root=.*data.zip is a file: point it at the folder folder"):
+        FolderDataModule(root=str(tmp_path / "data.zip"), num_workers=0).items()

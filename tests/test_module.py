@@ -89,3 +89,37 @@ def test_channels_last_and_bf16_autocast_forward():
     assert torch.allclose(fp32, bf16.float(), atol=0.15, rtol=0.1)
     loss = module.loss_fn(bf16, torch.zeros(2, 32, 32, dtype=torch.long))
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def _metric_types(module):
+    return {type(child).__name__ for child in module.modules()}
+
+
+@pytest.mark.parametrize("num_classes", [1, 16])
+def test_segmentation_modules_carry_no_classification_metrics(num_classes):
+    # the model summary of a 16-class model listed BinaryAccuracy and BinaryF1Score
+    module = make_module(num_classes)
+    assert not {"BinaryAccuracy", "BinaryF1Score"} & _metric_types(module)
+    assert not hasattr(module, "val_accuracy") and not hasattr(module, "val_f1")
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")  # validation_step outside a Trainer
+def test_classification_stage_keeps_its_metrics_and_old_checkpoints_load():
+    from torchmetrics.classification import BinaryAccuracy, BinaryF1Score
+
+    model = {"name": "unet", "encoder_name": "resnet18", "encoder_depth": 3, "decoder_channels": [32, 16, 8],
+             "classification_head": True}
+    staged = SegmentationModule(model=model, loss={"name": "bce_dice"}, optimizer={"_target_": "torch.optim.Adam"},
+                                task="classification")
+    assert {"BinaryAccuracy", "BinaryF1Score"} <= _metric_types(staged)
+    staged.eval()
+    batch = blob_batch(1)
+    staged.validation_step(batch, 0)
+    assert 0.0 <= float(staged.val_accuracy.compute()) <= 1.0
+    # a segmentation checkpoint written before the metrics were made conditional: its module
+    # held both metrics (their states are not persistent): it loads strictly, and the next stage too
+    old = make_module(1)
+    old.val_accuracy, old.val_f1 = BinaryAccuracy(), BinaryF1Score()
+    state = old.state_dict()
+    assert not any(key.startswith(("val_accuracy", "val_f1")) for key in state)
+    SegmentationModule(**old.hparams).load_state_dict(state)  # strict

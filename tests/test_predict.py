@@ -149,13 +149,102 @@ def test_inputs_file_folder_glob(images, tmp_path):
         collect_inputs(str(tmp_path / "two"))
 
 
-def test_an_image_of_the_wrong_channel_count_is_named_before_predicting(ckpt, tmp_path):
-    (tmp_path / "in").mkdir()
-    cv2.imwrite(str(tmp_path / "in" / "ok.png"), np.zeros((64, 64, 3), np.uint8))
-    cv2.imwrite(str(tmp_path / "in" / "grey.png"), np.zeros((64, 64), np.uint8))
-    with pytest.raises(ValueError, match=r"grey.png: image has 1 channel\(s\), the model expects 3"):
-        predict(ckpt, tmp_path / "in", tmp_path / "out")
+def test_hidden_files_and_folders_are_not_inputs(tmp_path):
+    for name in ("a.jpg", "sub/b.png", "._a.jpg", ".DS_Store", ".thumbnails/c.png", "sub/._b.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert collect_inputs(str(tmp_path)) == [tmp_path / "a.jpg"]
+    assert collect_inputs(str(tmp_path), recursive=True) == [tmp_path / "a.jpg", tmp_path / "sub" / "b.png"]
+    assert collect_inputs(str(tmp_path / "**" / "*.png")) == [tmp_path / "sub" / "b.png"]
+    assert collect_inputs(str(tmp_path / "._a.jpg")) == [tmp_path / "._a.jpg"]  # named on its own: taken
+    (tmp_path / "only").mkdir()
+    appledouble(tmp_path / "only" / "._x.jpg")
+    with pytest.raises(FileNotFoundError, match="holds no images"):
+        collect_inputs(str(tmp_path / "only"))
+
+
+def test_cmyk_jpeg_and_grayscale_png_are_predicted_as_training_reads_them(ckpt, images, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rgb = read_image(sorted(images.glob("*.jpg"))[0])
+    Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.jpg")  # PIL: 4 bands; OpenCV (training): RGB
+    cv2.imwrite(str(tmp_path / "cmyk_decoded.png"), read_image(folder / "cmyk.jpg")[:, :, ::-1])
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    cv2.imwrite(str(folder / "gray.png"), gray)
+    cv2.imwrite(str(tmp_path / "gray_as_rgb.png"), np.repeat(gray[:, :, None], 3, axis=2))
+    summary = predict(ckpt, folder, tmp_path / "out")
+    assert summary["images"] == 2 and summary["failed"] == []
+    for name, same_as in [("cmyk", "cmyk_decoded.png"), ("gray", "gray_as_rgb.png")]:
+        mask = read_mask(tmp_path / "out" / "masks" / f"{name}.png")
+        reference = predict(ckpt, tmp_path / same_as, tmp_path / f"ref_{name}")
+        assert reference["images"] == 1 and mask.shape == rgb.shape[:2]
+        np.testing.assert_array_equal(mask, read_mask(tmp_path / f"ref_{name}" / "masks" / f"{Path(same_as).stem}.png"))
+
+
+def test_a_colour_image_for_a_one_channel_model_is_a_clear_error(ckpt, tmp_path):
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    checkpoint["segkit"]["preprocessing"]["in_channels"] = 1  # as if trained on grayscale images
+    gray_model = tmp_path / "gray.ckpt"
+    torch.save(checkpoint, gray_model)
+    colour = np.random.default_rng(1).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "photo.png"), colour)
+    with pytest.raises(ValueError, match=r"photo.png: image is in colour \(3 channels that differ\), expected 1 channel — "
+                                         r"the model was trained on 1-channel images: convert the file"):
+        predict(gray_model, tmp_path / "photo.png", tmp_path / "out")
     assert not (tmp_path / "out" / "masks").exists()
+
+
+def appledouble(path: Path) -> None:
+    """A macOS resource fork as ``cp`` / unzip leave it beside ``x.jpg``: ``._x.jpg``, no image."""
+    path.write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \x00\x02" + bytes(4000))
+
+
+def test_hidden_and_unreadable_files_are_passed_over_and_reported(ckpt, images, tmp_path, caplog):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = sorted(images.glob("*.jpg"))[:2]
+    for source in good:
+        (folder / source.name).write_bytes(source.read_bytes())
+    appledouble(folder / f"._{good[0].name}")
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(2000))
+    data = good[0].read_bytes()
+    (folder / "broken.jpg").write_bytes(data[: len(data) // 2])  # a download cut short
+    with caplog.at_level("INFO", logger="segkit.predict"):
+        summary = predict(ckpt, folder, tmp_path / "out")
+    assert summary["images"] == 2 and summary["outputs"]["masks"] == 2
+    assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == sorted(p.stem + ".png" for p in good)
+    assert [f["file"] for f in summary["failed"]] == [str(folder / "broken.jpg")]
+    assert "truncated JPEG" in summary["failed"][0]["error"]
+    assert json.loads((tmp_path / "out" / "predict.json").read_text())["failed"] == summary["failed"]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([m for m in lines if "broken.jpg" in m]) == 1  # named once, on one line
+    assert "1 image(s) could not be read: see" in lines[-1] and "predict.json" in lines[-1]
+    assert not any("._" in m or "DS_Store" in m for m in lines)  # hidden files are not inputs
+    with pytest.raises(ValueError, match="broken.jpg: truncated JPEG"):  # the only input: an error
+        predict(ckpt, folder / "broken.jpg", tmp_path / "one")
+    assert not (tmp_path / "one" / "predict.json").exists()
+    (folder / "b.png").write_bytes(b"not a png")
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    for name in ("broken.jpg", "b.png"):
+        (only_bad / name).write_bytes((folder / name).read_bytes())
+    with pytest.raises(ValueError, match=r"none of the 2 input images could be predicted:\n  .*b.png.*\n  .*broken.jpg"):
+        predict(ckpt, only_bad, tmp_path / "none")
+
+
+def test_an_unwritable_output_fails_before_any_prediction(ckpt, images, tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("a file, not a folder: no one (root neither) can create a folder below it")
+    out = tmp_path / "afile" / "out"
+    result = run_segkit("segkit-predict", f"ckpt={ckpt}", f"input={images}", f"output={out}", cwd=tmp_path)
+    assert result.returncode != 0
+    assert any(f"cannot write to {out}" in line and "output=" in line for line in result.stderr.splitlines()), result.stderr
+    import segkit.predict
+
+    monkeypatch.setattr(segkit.predict, "build_predictor", lambda *a: pytest.fail("prediction started"))
+    with pytest.raises(PermissionError, match=f"cannot write to {out} .*output="):
+        predict(ckpt, images, out)
 
 
 def test_checkpoints_that_are_not_ours_are_refused(tmp_path):

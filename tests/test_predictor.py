@@ -173,14 +173,33 @@ def test_bf16_autocast_on_cpu_stays_close_to_fp32():
 
 
 @pytest.mark.parametrize("image, message", [
-    (np.zeros((8, 8, 1), np.uint8), "has 1 channel\\(s\\), the model expects 3"),
-    (np.zeros((8, 8, 4), np.uint8), "drop the alpha channel"),
+    (np.zeros((8, 8, 4), np.uint8), "transparency"),  # alpha 0: the transparency would be lost
+    (np.zeros((8, 8, 2), np.uint8), "transparency"),
+    (np.zeros((8, 8, 5), np.uint8), "image has 5 channel\\(s\\), expected 3"),
     (np.zeros((8, 8, 3), np.uint16), "uint16, the model was trained on uint8"),
 ])
 def test_images_the_model_cannot_take_are_named(image, message):
     with pytest.raises(ValueError, match=message) as err:
         prep(3, dtype="uint8").check(image, "scene_7.png")
     assert "scene_7.png" in str(err.value)
+
+
+def test_images_are_conformed_to_the_models_channels_as_training_conforms_them():
+    rng = np.random.default_rng(9)
+    gray = rng.integers(0, 256, size=(6, 7, 1), dtype=np.uint8)
+    np.testing.assert_array_equal(prep(3).check(gray, "g.png"), np.repeat(gray, 3, axis=2))
+    np.testing.assert_array_equal(prep(3).check(gray[:, :, 0], "g.png"), np.repeat(gray, 3, axis=2))  # (H, W) too
+    rgb = rng.integers(0, 256, size=(6, 7, 3), dtype=np.uint8)
+    opaque = np.concatenate([rgb, np.full((6, 7, 1), 255, np.uint8)], axis=2)
+    np.testing.assert_array_equal(prep(3).check(opaque, "a.png"), rgb)
+    np.testing.assert_array_equal(prep(1).check(np.repeat(gray, 3, axis=2), "g.jpg"), gray)  # gray stored as RGB
+    assert prep(3).check(rgb, "c.png") is rgb  # nothing to do: no copy
+
+
+def test_a_colour_image_for_a_one_channel_model_is_a_clear_error():
+    colour = np.random.default_rng(10).integers(0, 256, size=(6, 7, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"photo.jpg: image is in colour .* the model was trained on 1-channel images: convert the file"):
+        prep(1).check(colour, "photo.jpg")
 
 
 def test_bad_tile_settings_are_refused():

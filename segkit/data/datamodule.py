@@ -219,6 +219,8 @@ class SegmentationDataModule(L.LightningDataModule):
     def require_root(self) -> Path:
         if self.root is None:
             raise ValueError(f"data.root is not set: point it at the {self.kind} folder ({self.layout_help()})")
+        if self.root.is_file():
+            raise NotADirectoryError(f"data.root={self.root} is a file: point it at the {self.kind} folder ({self.layout_help()})")
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.kind} data root {self.root} does not exist ({self.layout_help()})")
         return self.root

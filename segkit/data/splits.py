@@ -69,7 +69,10 @@ def read_name_list(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"split file {path} does not exist (a JSON list, or one image name per line)")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not a name
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason}); expected a JSON list or one image name per line") from None
     if path.suffix.lower() == ".json":
         try:
             names = json.loads(text)
