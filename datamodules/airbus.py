@@ -157,6 +157,14 @@ class AirbusDataModule(SegmentationDataModule):
         keep = set(background_subset(val_neg, self.val_background_ratio, rng).tolist())
         return train_idx, [i for i in val_idx if has_ship[i] or i in keep]
 
+    def empty_val_hint(self) -> str:
+        items = self._scan.items if self._scan is not None else []
+        _, held = stratified_split([i.name for i in items], [i.mask is not None for i in items], self.val_fraction, self.seed)
+        ships = sum(items[i].mask is not None for i in held)
+        return (f"data.val_fraction={self.val_fraction} held out {len(held)} image(s), {ships} with ships, and validation keeps "
+                f"data.val_background_ratio={self.val_background_ratio} of {len(held) - ships} ship-free one(s): "
+                "raise data.val_background_ratio or data.val_fraction, or add images with ships")
+
     def empty_epoch_hint(self) -> str:
         return (f"no training image has ships and data.background_ratio={self.background_ratio} draws none of the "
                 "ship-less ones: raise data.background_ratio")

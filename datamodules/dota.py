@@ -277,7 +277,8 @@ class DotaDataModule(SegmentationDataModule):
             pairs, unpaired = self.sources()
         except (ValueError, FileNotFoundError) as err:
             return [str(err)]
-        problems = unpaired if self.missing == "error" else []
+        self.checked_missing = list(unpaired)
+        problems = list(unpaired) if self.missing == "error" else []
         from tqdm.auto import tqdm
 
         for _, image_path, label_path in tqdm(pairs, desc="checking dota", unit="scene"):

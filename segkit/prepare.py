@@ -47,12 +47,17 @@ def run_check(datamodule: Any) -> list[str]:
     problems = datamodule.check()
     if hasattr(datamodule, "class_report"):
         print("\n".join(datamodule.class_report()))
+    missing = len(datamodule.checked_missing)
     if problems:
         print(f"{len(problems)} problem(s) found in {datamodule.kind} data at {datamodule.root}:")
         for problem in problems:
             print(f"  {problem}")
+        if missing and datamodule.missing == "error":
+            print(f"{missing} of them are files without their counterpart (a partial download?): "
+                  "data.missing=skip uses the complete items and leaves these out")
     else:
-        print(f"{datamodule.kind} data at {datamodule.root}: every file checked, no problems")
+        skipped = f" ({missing} file(s) without counterpart left out: data.missing=skip)" if missing else ""
+        print(f"{datamodule.kind} data at {datamodule.root}: every file checked, no problems{skipped}")
     return problems
 
 

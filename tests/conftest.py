@@ -31,10 +31,12 @@ TINY_TRAIN = ["data.num_images=16", "data.size=64", "data.image_size=64", "data.
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory of ``segkit-train`` on the synthetic data (two steps): its checkpoints
-    carry everything prediction, evaluation and export need."""
+    carry everything prediction, evaluation and export need; its console output is in
+    ``stdout.txt`` beside it."""
     from tests.helpers import run_segkit
 
     work = tmp_path_factory.mktemp("trained")
     result = run_segkit("segkit-train", "trainer.fast_dev_run=2", f"hydra.run.dir={work / 'run'}", *TINY_TRAIN, cwd=work)
     assert result.returncode == 0, result.stderr[-3000:]
+    (work / "stdout.txt").write_text(result.stdout)  # what the console showed, for the tests of the summary
     return work / "run"

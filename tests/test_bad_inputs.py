@@ -208,8 +208,16 @@ def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
 # --------------------------------------------------------------- whole datasets
 def test_empty_training_epoch_after_filtering(tmp_path):
     fixture = write_airbus(tmp_path / "airbus", n_ship=0, n_background=6, size=32)
-    dm = AirbusDataModule(root=str(fixture.root), image_size=None, background_ratio=0.0, **options(tmp_path))
+    dm = AirbusDataModule(root=str(fixture.root), image_size=None, background_ratio=0.0, val_background_ratio=1.0,
+                          **options(tmp_path))
     with pytest.raises(ValueError, match=r"training epoch is empty.*no training image has ships and data.background_ratio=0.0"):
+        dm.setup()
+
+
+def test_an_airbus_validation_split_without_images_names_the_ratios(tmp_path):
+    fixture = write_airbus(tmp_path / "airbus", n_ship=0, n_background=6, size=32)
+    dm = AirbusDataModule(root=str(fixture.root), image_size=None, **options(tmp_path))
+    with pytest.raises(ValueError, match=r"validation split is empty.*data.val_background_ratio=0.1 of 1 ship-free"):
         dm.setup()
 
 

@@ -1,6 +1,7 @@
 import json
 import math
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,12 +22,9 @@ def segkit_train(*args, cwd):
 
 
 @pytest.fixture(scope="module")
-def fast_dev_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("cli")
-    run_dir = work / "run"
-    result = segkit_train("trainer.fast_dev_run=2", f"hydra.run.dir={run_dir}", *TINY, cwd=work)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir, result
+def fast_dev_run(trained_run):
+    """``segkit-train trainer.fast_dev_run=2`` on the synthetic data (conftest's run) and its stdout."""
+    return trained_run, SimpleNamespace(stdout=(trained_run.parent / "stdout.txt").read_text())
 
 
 def test_fast_dev_run_writes_the_run_directory(fast_dev_run):
@@ -73,9 +71,12 @@ def test_an_existing_run_is_not_overwritten(fast_dev_run, tmp_path):
 
 
 def test_missing_root_is_a_clear_cli_error(tmp_path):
+    """A known problem is one line (plus where the traceback is), never a Hydra traceback."""
     result = segkit_train("dataset=airbus", "trainer.fast_dev_run=1", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
-    assert result.returncode != 0
-    assert "data.root is not set" in result.stderr and "train_ship_segmentations_v2.csv" in result.stderr
+    assert result.returncode == 1
+    assert "segkit-train: error: data.root is not set" in result.stderr and "train_ship_segmentations_v2.csv" in result.stderr
+    assert "Traceback" not in result.stderr and "for a complete stack trace" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 3, result.stderr
 
 
 def test_airbus_format_dataset_trains_from_the_cli(tmp_path):
@@ -92,18 +93,6 @@ def test_airbus_format_dataset_trains_from_the_cli(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["precision"] == "32-true"
     shutil.rmtree(run_dir)
-
-
-def test_multirun_sweep_gives_each_job_its_own_run_dir(tmp_path):
-    sweep = tmp_path / "sweep"
-    result = segkit_train(
-        "-m", "optimizer=adam,sgd", "trainer.fast_dev_run=1", f"hydra.sweep.dir={sweep}", *TINY, cwd=tmp_path
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    for job, optimizer in [("0", "torch.optim.Adam"), ("1", "torch.optim.SGD")]:
-        assert (sweep / job / "checkpoints" / "best.ckpt").is_file()
-        assert json.loads((sweep / job / "metrics.json").read_text())["run_dir"] == str(sweep / job)
-        assert f"_target_: {optimizer}" in (sweep / job / "config.yaml").read_text()
 
 
 def test_every_loss_trains_the_demo_model(tmp_path):

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from tests.conftest import TINY_TRAIN
 from tests.fixtures.airbus import write_airbus
@@ -62,6 +63,34 @@ def _small(args: list[str], run_dir: Path) -> list[str]:
     return [a for a in extra if a.split("=", 1)[0] not in keys]
 
 
+def check_sweep(sweep: Path, args: list[str]) -> None:
+    """Each job of a multirun in its own run directory with its own config; summary.csv /
+    summary.md list them all, best first."""
+    import csv
+    import itertools
+    import json
+
+    grid = [a.split("=", 1) for a in args if "=" in a and "," in a]
+    jobs = list(itertools.product(*[[f"{key}={v}" for v in values.split(",")] for key, values in grid]))
+    for job, overrides in enumerate(jobs):
+        metrics = json.loads((sweep / str(job) / "metrics.json").read_text())
+        assert metrics["run_dir"] == str(sweep / str(job)) and (sweep / str(job) / "checkpoints" / "best.ckpt").is_file()
+        config = OmegaConf.load(sweep / str(job) / "config.yaml")
+        for override in overrides:
+            key, value = override.split("=", 1)
+            got = OmegaConf.select(config, key) if "." in key else config[key].name
+            assert got == (float(value) if "." in key else value), (override, job, got)
+    with (sweep / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    def parsed(overrides):  # Hydra writes 1e-3 back as 0.001
+        pairs = (o.split("=", 1) for o in overrides)
+        return tuple(sorted((k, float(v) if v.replace(".", "").replace("e-", "").isdigit() else v) for k, v in pairs))
+
+    assert sorted(parsed(r["overrides"].split()) for r in rows) == sorted(parsed(o) for o in jobs)
+    assert [float(r["best"]) for r in rows] == sorted((float(r["best"]) for r in rows), reverse=True)
+    assert (sweep / "summary.md").is_file()
+
+
 @pytest.fixture(scope="module")
 def user_tree(tmp_path_factory):
     """A working folder laid out as the Quickstart assumes: data of its own, images to predict."""
@@ -93,7 +122,9 @@ def test_every_quickstart_command_runs_as_written(user_tree):
         assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
         if app == "segkit-train" and args == ["--cfg", "job", *_small(["--cfg", "job"], run_dir)]:
             assert "model:" in result.stdout and "data:" in result.stdout
-        elif app == "segkit-train" and "-m" not in args and demo_run is None:
+        elif app == "segkit-train" and "-m" in args:
+            check_sweep(run_dir, args)
+        elif app == "segkit-train" and demo_run is None:
             demo_run = run_dir
             assert (demo_run / "checkpoints" / "best.ckpt").is_file()
     assert (work / "pred" / "overlays").is_dir() and len(list((work / "pred" / "masks").iterdir())) == 2

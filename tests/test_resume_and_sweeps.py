@@ -143,19 +143,6 @@ def test_resume_errors_are_clear(tmp_path):
     assert result.returncode != 0 and "no config.unresolved.yaml there" in result.stderr
 
 
-def test_multirun_writes_a_summary(tmp_path):
-    sweep = tmp_path / "sweep"
-    result = run("-m", "loss=bce_dice,focal_tversky", "trainer.fast_dev_run=1", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    import csv
-
-    with (sweep / "summary.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
-    assert sorted(r["overrides"] for r in rows) == ["loss=bce_dice", "loss=focal_tversky"]
-    assert float(rows[0]["best"]) >= float(rows[1]["best"])  # best first
-    assert "| 0 |" in (sweep / "summary.md").read_text() or "| 1 |" in (sweep / "summary.md").read_text()
-
-
 def test_optuna_search_completes_and_reports_the_best(tmp_path):
     sweep = tmp_path / "optuna"
     result = run("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "trainer.fast_dev_run=1", *TINY,

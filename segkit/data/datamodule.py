@@ -153,6 +153,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.missing = missing
         self.on_bad_file = on_bad_file
         self.skipped_files: dict[str, str] = {}  # on_bad_file=skip: file -> why, as batches reported them
+        self.checked_missing: list[str] = []  # check(): the files without counterpart it found
         self._scan: Scan | None = None
         self.train_dataset: ImageMaskDataset | None = None
         self.val_dataset: ImageMaskDataset | None = None
@@ -408,6 +409,7 @@ class SegmentationDataModule(L.LightningDataModule):
         except (ValueError, FileNotFoundError) as err:
             return [str(err)]
         self._scan = scan
+        self.checked_missing = list(scan.missing)
         missing = scan.missing if self.missing == "error" else []
         return list(scan.problems) + list(missing) + self._load_problems(scan.items, progress=True)
 
