@@ -35,8 +35,9 @@ from segkit.data.datasets import ImageMaskDataset
 from segkit.data.io import image_size, list_files, read_image, temporary_path, write_bytes_atomic, write_json_atomic, write_png_atomic
 from segkit.data.rasterize import polygon_area, rasterize_polygons
 from segkit.data.tiling import iter_patches
+from segkit.errors import format_problems
 
-__all__ = ["DOTA_CLASSES", "DotaDataModule", "DotaObject", "parse_dota_labels", "rasterize_dota"]
+__all__ = ["DOTA_CLASSES", "DotaDataModule", "DotaObject", "parse_dota_labels", "rasterize_dota", "read_dota_labels"]
 
 DOTA_CLASSES = (
     "background", "plane", "ship", "storage-tank", "baseball-diamond", "tennis-court", "basketball-court",
@@ -91,6 +92,14 @@ def parse_dota_labels(path: str | os.PathLike) -> tuple[list[DotaObject], list[s
             continue
         objects.append(DotaObject(coords, category, difficult == "1", number))
     return objects, problems
+
+
+def read_dota_labels(path: str | os.PathLike) -> list[DotaObject]:
+    """The objects of a ``labelTxt`` file; ``ValueError`` listing every problem of the file."""
+    objects, problems = parse_dota_labels(path)
+    if problems:
+        raise ValueError(format_problems(problems, f"{len(problems)} problem(s) in {path}:"))
+    return objects
 
 
 def rasterize_dota(
@@ -236,9 +245,7 @@ class DotaDataModule(SegmentationDataModule):
 
     def load_scene(self, image_path: Path, label_path: Path) -> tuple[np.ndarray, np.ndarray]:
         """A scene's RGB image and its rasterised class mask."""
-        objects, problems = parse_dota_labels(label_path)
-        if problems:
-            raise ValueError(f"{len(problems)} problem(s) in {label_path}:\n  " + "\n  ".join(problems))
+        objects = read_dota_labels(label_path)
         # a few DOTA scenes are grayscale: the shared channel policy makes them RGB, as prediction does
         image = self.image_spec().conform(read_image(image_path, self.max_image_pixels), image_path)
         mask = rasterize_dota(objects, image.shape[:2], label_path, self.skip_difficult)
@@ -314,7 +321,4 @@ class DotaDataModule(SegmentationDataModule):
     @staticmethod
     def _scene_mask(labels: dict[str, Path], skip_difficult: bool, name: str, shape: tuple[int, int]) -> np.ndarray:
         """Scene ``name``'s class mask of ``shape``, rasterised from its label file."""
-        objects, problems = parse_dota_labels(labels[name])
-        if problems:
-            raise ValueError(f"{len(problems)} problem(s) in {labels[name]}:\n  " + "\n  ".join(problems))
-        return rasterize_dota(objects, shape, labels[name], skip_difficult)
+        return rasterize_dota(read_dota_labels(labels[name]), shape, labels[name], skip_difficult)

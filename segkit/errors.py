@@ -17,16 +17,24 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["DataFileError", "RunDirectoryBusy", "is_user_error", "report_errors", "user_message"]
+__all__ = ["DataFileError", "RunDirectoryBusy", "format_problems", "is_user_error", "report_errors", "user_message"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 # the folders whose ValueError / FileNotFoundError are written for users (they name the file or setting)
 _OWN_CODE = (str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "datamodules"))
+
+
+def format_problems(problems: Sequence[str], head: str, limit: int = 20, tail: str = "") -> str:
+    """``head``, then the first ``limit`` problems one per line, then how many more and ``tail``."""
+    shown = list(problems[:limit])
+    more = len(problems) - len(shown)
+    return (head + "\n  " + "\n  ".join(shown)
+            + (f"\n  ... and {more} more" if more > 0 else "") + (f"\n{tail}" if tail else ""))
 
 
 class DataFileError(ValueError):

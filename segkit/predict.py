@@ -43,6 +43,7 @@ from segkit.data.io import (
     write_json_atomic,
     write_png_atomic,
 )
+from segkit.errors import format_problems
 from segkit.predictor import Predictor, Preprocessing
 from segkit.submission import FORMATS, SubmissionWriter
 
@@ -94,12 +95,9 @@ def refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
     """Raise ``FileExistsError`` listing the outputs that exist, unless ``overwrite``."""
     existing = [p for p in paths if p.exists()]
     if existing and not overwrite:
-        shown = "\n  ".join(map(str, existing[:5]))
-        more = f"\n  ... and {len(existing) - 5} more" if len(existing) > 5 else ""
-        raise FileExistsError(
-            f"{len(existing)} output file(s) exist already:\n  {shown}{more}\n"
-            "choose another output folder, or pass overwrite=true to replace them"
-        )
+        raise FileExistsError(format_problems(
+            [str(p) for p in existing], f"{len(existing)} output file(s) exist already:", limit=5,
+            tail="choose another output folder, or pass overwrite=true to replace them"))
 
 
 def resolve_device(device: str) -> Any:
@@ -283,9 +281,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
             drawn = overlay(image, labels, max(loaded.num_classes, 2), class_names=loaded.class_names)
             write_png_atomic(plan["overlays"][i], drawn[:, :, ::-1])
     if not predicted:
-        shown = "\n  ".join(f["error"] for f in failed[:20])
-        more = f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else ""
-        raise ValueError(f"none of the {len(files)} input images could be predicted:\n  {shown}{more}")
+        raise ValueError(format_problems([f["error"] for f in failed], f"none of the {len(files)} input images could be predicted:"))
     settings = OmegaConf.to_container(cfg, resolve=True)
     per_image = {"masks", "probabilities", "overlays"}
     summary: dict[str, Any] = {

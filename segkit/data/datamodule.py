@@ -31,8 +31,9 @@ from segkit.data.normalize import Normalizer
 from segkit.data.sampling import EpochShuffleSampler, ShardSampler
 from segkit.data.splits import group_split
 from segkit.data.transforms import build_pipeline
+from segkit.errors import format_problems
 
-__all__ = ["MISSING_POLICIES", "Item", "Scan", "SegmentationDataModule", "default_class_names", "format_problems"]
+__all__ = ["MISSING_POLICIES", "Item", "Scan", "SegmentationDataModule", "default_class_names"]
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +63,6 @@ class Scan:
 
 
 MISSING_POLICIES = ("error", "skip")
-
-
-def format_problems(problems: Sequence[str], head: str, limit: int = 20, tail: str = "") -> str:
-    """``head``, then the first ``limit`` problems one per line, then how many more and ``tail``."""
-    shown = list(problems[:limit])
-    more = len(problems) - len(shown)
-    return (head + "\n  " + "\n  ".join(shown)
-            + (f"\n  ... and {more} more" if more > 0 else "") + (f"\n{tail}" if tail else ""))
 
 
 def default_class_names(num_classes: int) -> list[str]:
