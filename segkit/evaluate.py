@@ -36,7 +36,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from segkit.checkpoint import LoadedCheckpoint, load_checkpoint
-from segkit.data.io import require_writable, write_bytes_atomic, write_json_atomic
+from segkit.data.io import write_bytes_atomic, write_json_atomic
+from segkit.rundir import claim_run_dir
 from segkit.metrics import confusion_matrices, dice_iou_from_confusion
 from segkit.predict import build_predictor, refuse_overwrite
 
@@ -149,7 +150,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"split={split}: choose val, train or all")
     output = Path(str(cfg.output)) if cfg.get("output") else _default_output(Path(str(cfg.ckpt)), split)
     refuse_overwrite([output / name for name in OUTPUT_FILES], bool(cfg.overwrite))
-    require_writable(output, "set output= to a folder you can write to")
+    claim_run_dir(output, "output")  # writable, and no other live segkit process writing into it
     data_cfg = _data_config(cfg, loaded)
     datamodule = instantiate(data_cfg, _convert_="all")
     if max(datamodule.num_classes, 2) != max(loaded.num_classes, 2):

@@ -37,13 +37,13 @@ from segkit.data.io import (
     check_pixels,
     is_hidden,
     read_image,
-    require_writable,
     temporary_path,
     write_bytes_atomic,
     write_json_atomic,
     write_png_atomic,
 )
 from segkit.errors import format_problems
+from segkit.rundir import claim_run_dir
 from segkit.predictor import Predictor, Preprocessing
 from segkit.submission import FORMATS, SubmissionWriter
 
@@ -244,7 +244,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     output = Path(str(cfg.output))
     plan = planned_outputs(files, output, cfg)
     refuse_overwrite([p for paths in plan.values() for p in paths], bool(cfg.overwrite))
-    require_writable(output, "set output= to a folder you can write to")
+    claim_run_dir(output, "output")  # writable, and no other live segkit process writing into it
     predictor = build_predictor(loaded, cfg)
     max_pixels = cfg.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
     check_headers(files, max_pixels)

@@ -1,5 +1,7 @@
 """A run owns its directory: one live segkit process per run directory, unique default names.
 
+(``segkit-predict`` and ``segkit-eval`` hold their ``output=`` folder the same way.)
+
 Two ``segkit-train`` runs writing into one directory leave a best checkpoint of one run
 beside the last checkpoint and config of the other, and an interleaved metrics.csv. Every
 run therefore takes its directory before anything is written there:
@@ -58,7 +60,7 @@ def claim_run_dir(directory: str | os.PathLike, setting: str = "hydra.run.dir") 
     directory = Path(directory).resolve()
     if directory in _held or process_rank() > 0:
         return directory
-    require_writable(directory, f"choose a writable run directory with {setting}=<folder>")
+    require_writable(directory, f"choose a writable folder with {setting}=<folder>")
     fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

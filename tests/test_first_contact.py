@@ -414,3 +414,14 @@ def test_a_data_root_that_is_a_file_says_so(tmp_path):
     (tmp_path / "data.zip").write_bytes(b"PK")
     with pytest.raises(NotADirectoryError, match=r"data.root=.*data.zip is a file: point it at the folder folder"):
         FolderDataModule(root=str(tmp_path / "data.zip"), num_workers=0).items()
+
+
+def test_predict_into_a_folder_another_run_writes_is_refused(held_dir, trained_run, tmp_path):
+    directory, holder = held_dir
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "a.png"), np.zeros((64, 64, 3), np.uint8))
+    result = run_segkit("segkit-predict", f"ckpt={trained_run / 'checkpoints' / 'best.ckpt'}", f"input={tmp_path / 'in'}",
+                        f"output={directory}", cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"is in use by another segkit run (pid {holder.pid}" in result.stderr and "output=<folder>" in result.stderr
+    assert sorted(p.name for p in directory.iterdir()) == [LOCK_FILE]
