@@ -97,13 +97,16 @@ def report_errors(app: str) -> Callable[[F], F]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 return function(*args, **kwargs)
-            except KeyboardInterrupt:
-                sys.stderr.write(f"\n{app}: interrupted (Ctrl-C); files written so far are complete, nothing half-written\n")
+            except KeyboardInterrupt as interrupt:
+                said = f" {interrupt}" if str(interrupt) else ""
+                sys.stderr.write(f"\n{app}: interrupted (Ctrl-C); files written so far are complete, nothing half-written.{said}\n")
+                _log_to_files(f"{app}: interrupted (Ctrl-C).{said}")
                 raise SystemExit(130) from None
             except Exception as error:  # noqa: BLE001 — sorted into the user's problems and bugs
                 if os.environ.get("HYDRA_FULL_ERROR") == "1" or not is_user_error(error):
                     raise
                 sys.stderr.write(f"{app}: error: {user_message(error)}\n")
+                _log_to_files(f"{app}: error: {user_message(error)}")
                 if _in_sweep():  # the sweep goes on with its other runs and reports this one as failed
                     raise
                 sys.stderr.write("(HYDRA_FULL_ERROR=1 shows the traceback)\n")
@@ -113,6 +116,16 @@ def report_errors(app: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def _log_to_files(message: str) -> None:
+    """``message`` into the log files of the run (``train.log``), not again onto the console."""
+    import logging
+
+    record = logging.LogRecord("segkit", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _in_sweep() -> bool:

@@ -110,9 +110,11 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     if not ckpt.is_file():  # before require_writable creates the folders of a mistyped path
         raise FileNotFoundError(f"{ckpt}: checkpoint file not found")
     output = Path(str(cfg.output)) if cfg.get("output") else ckpt.with_suffix(SUFFIXES[fmt])
+    if cfg.get("output") and (str(cfg.output).endswith(("/", os.sep)) or output.is_dir()):
+        output = output / (ckpt.stem + SUFFIXES[fmt])  # a folder: the file goes inside, named after the checkpoint
     sidecar = output.with_name(output.name + ".json")
     refuse_overwrite([output, sidecar], bool(cfg.overwrite))
-    where = "choose another output= (the folder of the exported file)"
+    where = "choose another output= (a file name, or a folder ending in /)"
     if not cfg.get("output"):
         where += "; by default it is written beside the checkpoint"
     require_writable(output.parent, where)

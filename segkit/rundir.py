@@ -20,6 +20,7 @@ DDP worker processes (rank > 0) share rank 0's directory and claim nothing.
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import logging
 import os
@@ -61,16 +62,24 @@ def claim_run_dir(directory: str | os.PathLike, setting: str = "hydra.run.dir") 
     if directory in _held or process_rank() > 0:
         return directory
     require_writable(directory, f"choose a writable folder with {setting}=<folder>")
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+    lock = directory / LOCK_FILE
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunDirectoryBusy(
+                f"{directory} is in use by another segkit run ({holder}): wait for it to finish, or choose another "
+                f"directory with {setting}=<folder>"
+            ) from None
+        try:  # the holder before us removes the file as it lets go: lock the file that is there now
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
         os.close(fd)
-        raise RunDirectoryBusy(
-            f"{directory} is in use by another segkit run ({holder}): wait for it to finish, or choose another "
-            f"directory with {setting}=<folder>"
-        ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
     _held[directory] = fd
@@ -78,10 +87,20 @@ def claim_run_dir(directory: str | os.PathLike, setting: str = "hydra.run.dir") 
 
 
 def release_run_dir(directory: str | os.PathLike) -> None:
-    """Give the lock of ``directory`` back before the process ends (sweeps run many jobs in one process)."""
-    fd = _held.pop(Path(directory).resolve(), None)
+    """Give the lock of ``directory`` back and remove its file (a process that ends without
+    calling this lets go of the lock all the same; only the small file stays)."""
+    directory = Path(directory).resolve()
+    fd = _held.pop(directory, None)
     if fd is not None:
+        (directory / LOCK_FILE).unlink(missing_ok=True)  # still locked: nobody can take it in between
         os.close(fd)
+
+
+@atexit.register
+def _release_all() -> None:
+    """At exit, the locks this process still holds go back and their files go away."""
+    for directory in list(_held):
+        release_run_dir(directory)
 
 
 def _overridden(config: DictConfig, key: str) -> bool:

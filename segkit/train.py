@@ -197,7 +197,15 @@ def fit_stage(
         history.epochs = []
     # resume loads tensors and plain data only (torch.load weights_only): a checkpoint carrying
     # pickled code is refused before anything of it runs
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning shuts down on Ctrl-C, then exits: say what the user can do now
+            run_dir = stage_dir.parents[1] if stage_dir.parent.name == "stages" else stage_dir
+            if last.is_file():
+                raise KeyboardInterrupt(f"resume={run_dir} continues from the last finished epoch") from None
+            raise KeyboardInterrupt("No epoch had finished: nothing to resume") from None
+        raise
 
     checkpoints = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
     best_checkpoint = next((c.best_model_path for c in checkpoints if c.monitor), None)

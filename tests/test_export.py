@@ -90,9 +90,15 @@ def test_output_under_a_file_fails_before_the_export(ckpt, tmp_path, caplog, no_
     # fails for root too: a folder cannot be made where a file is
     (tmp_path / "afile").write_text("not a folder")
     caplog.set_level(logging.INFO, logger="segkit.export")
-    with pytest.raises(PermissionError, match=r"cannot write to .*afile \(.*\): choose another output= \(the folder of the exported file\)"):
+    with pytest.raises(PermissionError, match=r"cannot write to .*afile \(.*afile is a file, not a folder\): choose another output= \(a file name, or a folder ending in /\)"):
         export(ckpt, "format=onnx", f"output={tmp_path / 'afile' / 'model.onnx'}")
     assert export_steps(caplog) == []
+
+
+def test_an_output_folder_gets_the_file_inside(ckpt, tmp_path):
+    """``output=exp/`` (or an existing folder) is a folder: the model goes inside, named after the checkpoint."""
+    export(ckpt, "format=torchscript", f"output={tmp_path / 'exp'}/")
+    assert (tmp_path / "exp" / f"{ckpt.stem}.pt").is_file() and (tmp_path / "exp" / f"{ckpt.stem}.pt.json").is_file()
 
 
 def test_read_only_output_folder_fails_before_the_export(ckpt, tmp_path, monkeypatch, no_export_work):

@@ -194,6 +194,7 @@ def test_bad_files_stop_training_with_one_line_or_are_skipped_and_counted(tmp_pa
     assert result.returncode == 1
     assert f"segkit-train: error: {bad}: truncated JPEG" in result.stderr
     no_traceback(result)
+    assert f"segkit-train: error: {bad}: truncated JPEG" in (tmp_path / "stop" / "train.log").read_text()  # the log says why it ended
 
     result = run_segkit("segkit-train", *common, "data.on_bad_file=skip", f"hydra.run.dir={tmp_path / 'skip'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -348,19 +349,26 @@ def test_known_errors_are_told_from_bugs():
 
 
 def test_ctrl_c_is_a_message_not_a_traceback(tmp_path):
+    """Lightning shuts down gracefully on SIGINT and exits 1 without a word; segkit says what
+    happened and how to continue, on the console and in train.log, and exits 130."""
+    from tests.helpers import segkit_command, segkit_env
+
+    run = tmp_path / "run"
     process = subprocess.Popen(
-        [str(sys.executable).replace("python", "segkit-train"), "trainer.max_epochs=50",
-         f"hydra.run.dir={tmp_path / 'run'}", "data.num_images=16", "data.size=64", "data.image_size=64"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+        segkit_command("segkit-train", "trainer.max_epochs=50", f"hydra.run.dir={run}", "data.num_images=16", "data.size=64",
+                       "data.image_size=64"),
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=segkit_env(),
     )
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "run" / "config.yaml").is_file() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 180
+    while not (run / "checkpoints" / "last.ckpt").is_file() and time.monotonic() < deadline:
         time.sleep(0.2)
-    time.sleep(1.0)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode != 0
+    assert process.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
+    said = f"segkit-train: interrupted (Ctrl-C); files written so far are complete, nothing half-written. resume={run} continues"
+    assert said in stderr
+    assert f"interrupted (Ctrl-C). resume={run}" in (run / "train.log").read_text()
 
 
 def test_csv_header_whitespace_and_label_file_bom_are_accepted(tmp_path):
@@ -425,3 +433,21 @@ def test_predict_into_a_folder_another_run_writes_is_refused(held_dir, trained_r
     assert result.returncode == 1
     assert f"is in use by another segkit run (pid {holder.pid}" in result.stderr and "output=<folder>" in result.stderr
     assert sorted(p.name for p in directory.iterdir()) == [LOCK_FILE]
+
+
+def test_the_lock_file_goes_when_the_run_ends(tmp_path):
+    script = f"from segkit.rundir import claim_run_dir; claim_run_dir({str(tmp_path / 'out')!r})"
+    subprocess.run([sys.executable, "-c", script], check=True)
+    assert (tmp_path / "out").is_dir() and not (tmp_path / "out" / LOCK_FILE).exists()
+
+
+def test_on_bad_file_skip_is_honoured_for_a_bad_file_in_the_setup_sample(tmp_path, caplog):
+    airbus = write_airbus(tmp_path / "airbus")
+    bad = airbus.root / "train_v2" / next(iter(airbus.ships))  # item 0: always in the setup sample
+    bad.write_bytes(bad.read_bytes()[: len(bad.read_bytes()) // 2])  # an interrupted download: header intact
+    options = dict(root=str(airbus.root), image_size=64, num_workers=0, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match=r"(?s)1 of 8 sampled airbus images .* cannot be used:.*truncated JPEG.*data.on_bad_file=skip"):
+        AirbusDataModule(**options).setup("fit")
+    with caplog.at_level("WARNING"):
+        AirbusDataModule(**options, on_bad_file="skip").setup("fit")
+    assert "data.on_bad_file=skip: such files are skipped" in caplog.text

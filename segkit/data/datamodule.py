@@ -387,12 +387,16 @@ class SegmentationDataModule(L.LightningDataModule):
         count = min(self.setup_sample_size, len(items))
         picks = sorted({round(i * (len(items) - 1) / max(count - 1, 1)) for i in range(count)})
         problems = self._load_problems([items[i] for i in picks])
-        if problems:
-            raise ValueError(
-                f"{len(problems)} of {len(picks)} sampled {self.kind} images at {self.root} cannot be used:\n  "
-                + "\n  ".join(problems)
-                + f"\n(segkit-prepare dataset={self.kind} data.root={self.root} check=true lists every problem of every file)"
-            )
+        if not problems:
+            return
+        head = f"{len(problems)} of {len(picks)} sampled {self.kind} images at {self.root} cannot be used:"
+        listing = f"segkit-prepare dataset={self.kind} data.root={self.root} check=true lists every problem of every file"
+        if self.on_bad_file == "skip" and len(problems) < len(picks):
+            log.warning("%s", format_problems(problems, head, tail=f"data.on_bad_file=skip: such files are skipped ({listing})"))
+            return
+        raise ValueError(format_problems(problems, head, tail=(
+            f"Fix or remove them; data.on_bad_file=skip trains without such files. ({listing})"
+            if len(problems) < len(picks) else f"({listing})")))
 
     def check(self) -> list[str]:
         """Every problem of every file (pairing, decoding, size, dtype, mask values), none raised."""

@@ -284,6 +284,9 @@ def require_writable(directory: str | os.PathLike, setting: str) -> Path:
         probe.unlink()
     except OSError as err:
         reason = err.strerror or type(err).__name__
+        blocker = next((p for p in (directory, *directory.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            reason = f"{blocker} is a file, not a folder"
         raise PermissionError(f"cannot write to {directory} ({reason}): {setting}") from None
     return directory
 
