@@ -163,7 +163,8 @@ class AirbusDataModule(SegmentationDataModule):
         ships = sum(items[i].mask is not None for i in held)
         return (f"data.val_fraction={self.val_fraction} held out {len(held)} image(s), {ships} with ships, and validation keeps "
                 f"data.val_background_ratio={self.val_background_ratio} of {len(held) - ships} ship-free one(s): "
-                "raise data.val_background_ratio or data.val_fraction, or add images with ships")
+                "raise data.val_background_ratio or data.val_fraction, add images with ships, or train without "
+                "validation with data.val_fraction=0")
 
     def empty_epoch_hint(self) -> str:
         return (f"no training image has ships and data.background_ratio={self.background_ratio} draws none of the "

@@ -129,6 +129,9 @@ class BuildingsDataModule(SegmentationDataModule):
         chosen = set(val)
         return [n for n in range(len(items)) if n not in chosen], val
 
+    def has_validation(self) -> bool:
+        return bool(self.split_file) or self.prepared_split.is_file() or self.val_fraction > 0
+
     def prepare_dataset(self) -> list[str]:
         if self.split_file:
             return [f"validation split from {self.split_file}"]

@@ -49,6 +49,7 @@ class CarvanaDataModule(SegmentationDataModule):
     """
 
     kind = "carvana"
+    group_name = "car"  # the 16 views of a car are near-duplicates: split by car
     image_dtype = "uint8"
     default_class_names = ("background", "car")
 
@@ -158,11 +159,6 @@ class CarvanaDataModule(SegmentationDataModule):
         if self.mask_source != "csv":
             return None
         return functools.partial(self._table_().decode, order=RLE_ORDER)
-
-    def empty_val_hint(self) -> str:
-        cars = len({i.group for i in self._scan.items}) if self._scan is not None else "?"
-        return (f"Carvana is split by car (the 16 views of a car are near-duplicates) and there are {cars} car(s): "
-                f"add the images of more cars, or raise data.val_fraction (now {self.val_fraction})")
 
     def check(self) -> list[str]:
         """The base checks (the CSV's RLE decoded, never the cache); with ``mask_source=csv`` and

@@ -139,6 +139,7 @@ class DotaDataModule(SegmentationDataModule):
     """
 
     kind = "dota"
+    group_name = "scene"  # overlapping patches of a scene never straddle the split
     image_dtype = "uint8"
     default_class_names = DOTA_CLASSES
 

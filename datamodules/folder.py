@@ -173,6 +173,9 @@ class FolderDataModule(SegmentationDataModule):
             items = self._pair(self.root / self.images_dir, self.root / self.masks_dir, "all", problems, missing)
         return Scan(items, problems, missing)
 
+    def has_validation(self) -> bool:
+        return self.split_mode != "ratio" or self.val_fraction > 0
+
     def empty_val_hint(self) -> str:
         if self.split_mode == "folders":
             return f"add images and masks under {self.root / self.val_dir}"
@@ -214,12 +217,13 @@ class FolderDataModule(SegmentationDataModule):
         dataset = self.raw_dataset(scan.items)
         n_labels = max(self.num_classes, 2)
         counts = np.zeros(n_labels, dtype=np.int64)
-        ignored = 0
+        ignored = unreadable = 0
         for index in range(len(dataset)):
             try:
                 mask = dataset.load_mask(index)
             except (ValueError, FileNotFoundError):
-                continue  # listed among the problems
+                unreadable += 1  # listed among the problems
+                continue
             if self.ignore_index is not None:
                 ignored += int((mask == self.ignore_index).sum())
             counts += count_pixels(mask, n_labels, self.ignore_index)
@@ -229,8 +233,11 @@ class FolderDataModule(SegmentationDataModule):
         lines += [f"  {k} {names[k]:<16} {int(c):>14,} px  {100 * c / total:6.2f}%" for k, c in enumerate(counts)]
         if ignored:
             lines.append(f"  ignore_index {self.ignore_index}: {ignored:,} px")
+        if unreadable:
+            lines.append(f"  ({unreadable} of {len(dataset)} masks could not be read, see the problems below: "
+                         "the counts above leave them out)")
         absent = [k for k, c in enumerate(counts) if c == 0]
-        if absent:
+        if absent and not unreadable:
             lines.append(
                 f"warning: data.num_classes={self.num_classes} but class(es) {absent} never occur in the masks — "
                 "is num_classes (or the palette) right?"

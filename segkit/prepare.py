@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from segkit.data.class_stats import count_pixels, write_class_stats
 
-__all__ = ["format_class_stats", "plot_class_distribution", "run_check", "run_prepare"]
+__all__ = ["format_class_stats", "group_problems", "plot_class_distribution", "run_check", "run_prepare"]
 
 PLOT_FILE = "class_distribution.png"
 
@@ -50,8 +50,8 @@ def run_check(datamodule: Any) -> list[str]:
     missing = len(datamodule.checked_missing)
     if problems:
         print(f"{len(problems)} problem(s) found in {datamodule.kind} data at {datamodule.root}:")
-        for problem in problems:
-            print(f"  {problem}")
+        for line in group_problems(problems):
+            print(f"  {line}")
         if missing and datamodule.missing == "error":
             print(f"{missing} of them are files without their counterpart (a partial download?): "
                   "data.missing=skip uses the complete items and leaves these out")
@@ -59,6 +59,26 @@ def run_check(datamodule: Any) -> list[str]:
         skipped = f" ({missing} file(s) without counterpart left out: data.missing=skip)" if missing else ""
         print(f"{datamodule.kind} data at {datamodule.root}: every file checked, no problems{skipped}")
     return problems
+
+
+def group_problems(problems: list[str], at_least: int = 4) -> list[str]:
+    """``problems`` (``"<file>: <what>"``) with every ``what`` shared by ``at_least`` files or
+    more said once, counting and naming a few of them (28 masks stored as 0/255 are one
+    line, not 28)."""
+    by_what: dict[str, list[str]] = {}
+    for problem in problems:
+        file, _, what = problem.partition(": ")
+        by_what.setdefault(what, []).append(file)
+    lines, said = [], set()
+    for problem in problems:
+        file, _, what = problem.partition(": ")
+        files = by_what[what]
+        if len(files) < at_least or not what:
+            lines.append(problem)
+        elif what not in said:
+            said.add(what)
+            lines.append(f"{len(files)} files: {what} (e.g. {', '.join(files[:3])}, ...)")
+    return lines
 
 
 def _class_stats(datamodule: Any) -> tuple[dict[str, Any], str]:

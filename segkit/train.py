@@ -180,8 +180,14 @@ def fit_stage(
     history = MetricsHistory()
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    trainer_cfg = _expand_fast_dev_run(_container(cfg.trainer))
+    if hasattr(datamodule, "has_validation") and not datamodule.has_validation():
+        # data.val_fraction=0: train without validation, and without what needs it (a best
+        # checkpoint, early stopping): last.ckpt holds the weights
+        trainer_cfg.update(limit_val_batches=0, num_sanity_val_steps=0)
+        callbacks = [c for c in callbacks if getattr(c, "monitor", None) is None]
     trainer = L.Trainer(
-        **_expand_fast_dev_run(_container(cfg.trainer)),
+        **trainer_cfg,
         callbacks=[*callbacks, history, EpochSeeder(cfg.seed, stage_index)],
         logger=loggers or False,
         default_root_dir=str(stage_dir),
@@ -331,6 +337,14 @@ def _train_in(cfg: DictConfig, run_dir: Path, resuming: bool, started: float) ->
 def format_summary(summary: dict[str, Any]) -> str:
     """A short plain-text table of the best and final validation metrics, and the paths."""
     best, final = summary["best"] or {}, summary["final"] or {}
+    if not any(k.startswith("val/") for k in final):
+        return "\n".join([
+            f"no validation metrics (no validation split); {summary.get('epochs_run', 0)} epoch(s), precision "
+            f"{summary['precision']}, {summary['wall_time_s']} s",
+            f"run dir:         {summary['run_dir']}",
+            f"last checkpoint: {summary['last_checkpoint']}",
+            f"metrics:         {Path(summary['run_dir']) / 'metrics.json'}",
+        ])
     keys = [k for k in final if k.startswith("val/") and "/" not in k[4:]]
     keys += sorted(k for k in final if k.startswith("val/") and "/" in k[4:])
     width = max([len(k) for k in keys] + [len("metric")])

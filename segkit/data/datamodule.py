@@ -173,14 +173,21 @@ class SegmentationDataModule(L.LightningDataModule):
         """One-off preparation (caches, patches...); idempotent; returns what it did."""
         return []
 
+    group_name = "image"  # what the split keeps together (a car, a scene), for messages
+
+    def has_validation(self) -> bool:
+        """Whether the settings ask for a validation split (``data.val_fraction=0`` does not)."""
+        return self.val_fraction > 0
+
     def empty_val_hint(self) -> str:
         """How to get a validation split, for the error that says it is empty."""
-        groups = ""
-        if self._scan is not None:
-            n = len({i.group for i in self._scan.items})
-            groups = f" ({n} group(s) now)" if n != len(self._scan.items) else ""
-        return (f"Validation takes whole groups{groups} of the data: add more images (more groups), or raise "
-                f"data.val_fraction (now {self.val_fraction})")
+        n = len({i.group for i in self._scan.items}) if self._scan is not None else 0
+        g = self.group_name
+        if n < 2:
+            return (f"Validation takes whole {g}s and all the data is one {g}: add the images of another {g}, "
+                    "or train without validation with data.val_fraction=0")
+        return (f"Validation takes whole {g}s ({n} now): raise data.val_fraction (now {self.val_fraction}), add more "
+                f"{g}s, or train without validation with data.val_fraction=0")
 
     def empty_epoch_hint(self) -> str:
         """Why a training epoch can draw nothing, for the error that says so."""
@@ -357,7 +364,7 @@ class SegmentationDataModule(L.LightningDataModule):
         train_idx, val_idx = self.split(items)
         if not train_idx:
             raise ValueError(f"{self.kind} data at {self.root}: no training images left after the split")
-        if not val_idx and self.val_fraction == 0 and self.hparams.get("split", "ratio") == "ratio":
+        if not val_idx and not self.has_validation():
             log.warning("data.val_fraction=0: no validation split, so no validation metrics and no best checkpoint")
         elif not val_idx:
             raise ValueError(
