@@ -185,7 +185,8 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     summary = scores.summary()
     settings = OmegaConf.to_container(cfg, resolve=True)
     summary.update(checkpoint=str(cfg.ckpt), dataset=datamodule.kind, root=str(datamodule.root), split=split,
-                   settings={k: settings.get(k) for k in ("precision", "tile", "overlap", "tta", "threshold")},
+                   settings={**{k: settings.get(k) for k in ("tile", "overlap", "tta", "threshold")},
+                             "precision": predictor.precision},  # as used (auto resolved)
                    windows=predictor.windows_run)
     output.mkdir(parents=True, exist_ok=True)
     per_image = pd.DataFrame(scores.rows)

@@ -254,7 +254,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     )
     binary = loaded.num_classes == 1
     log.info("predicting %d image(s) with %s on %s (precision %s, tile %d, TTA %s)", len(files), cfg.ckpt,
-             predictor.device, cfg.precision, predictor.tile, predictor.tta or "none")
+             predictor.device, predictor.precision, predictor.tile, predictor.tta or "none")
     pixels, predicted = 0, 0
     failed: list[dict[str, str]] = []
     load = functools.partial(load_input, preprocessing=predictor.preprocessing, max_pixels=max_pixels)
@@ -291,7 +291,8 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
         "megapixels": round(pixels / 1e6, 3),
         "windows": predictor.windows_run,
         "device": str(predictor.device),
-        "settings": {k: settings[k] for k in ("precision", "tile", "overlap", "blend", "batch_size", "tta", "threshold", "format")},
+        "settings": {**{k: settings[k] for k in ("tile", "overlap", "blend", "batch_size", "tta", "threshold", "format")},
+                     "precision": predictor.precision},  # as used (auto resolved)
         "outputs": {kind: predicted if kind in per_image else len(paths) for kind, paths in plan.items()},
         "failed": failed,
     }

@@ -129,7 +129,7 @@ def locate_resume(cfg: DictConfig) -> tuple[DictConfig, Path] | None:
     if not value:
         return None
     if str(value) != "auto":
-        run_dir = Path(str(value))
+        run_dir = Path(str(value)).absolute()
         if not (run_dir / UNRESOLVED_CONFIG).is_file():
             raise FileNotFoundError(f"resume={run_dir}: no {UNRESOLVED_CONFIG} there — is it a segkit run directory?")
         if not _has_last_checkpoint(run_dir):
@@ -174,6 +174,7 @@ def fit_stage(
     stage_dir.mkdir(parents=True, exist_ok=True)
     datamodule = instantiate(cfg.data, **{**agree_class_names(cfg), **(data_overrides or {})}, _convert_="all")
     module = build_module(cfg, datamodule, **(module_overrides or {}))
+    check_input_size(datamodule, module)
     if init_checkpoint:
         state = read_checkpoint(init_checkpoint)["state_dict"]
         module.net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
@@ -235,6 +236,22 @@ def fit_stage(
         "wall_time_s": round(time.perf_counter() - started, 1),
         "run_dir": str(stage_dir),
     }
+
+
+def check_input_size(datamodule: Any, module: SegmentationModule) -> None:
+    """Refuse, before any training step, an ``image_size`` the network cannot take (unpadded
+    sides that are not multiples of its size multiple); native sizes are padded as needed."""
+    size, pad = getattr(datamodule, "image_size", None), getattr(datamodule, "pad_multiple", None)
+    multiple = module.net.size_multiple
+    if size is None or (pad and pad % multiple == 0):
+        return
+    height, width = (size, size) if isinstance(size, int) else size
+    if height % multiple or width % multiple:
+        fit = f"{-(-height // multiple) * multiple}" if height == width else f"[{-(-height // multiple) * multiple},{-(-width // multiple) * multiple}]"
+        raise ValueError(
+            f"model {module.net.name!r} needs input height and width that are multiples of {multiple}, but "
+            f"data.image_size is {height}x{width}: set data.image_size={fit} (or data.pad_multiple={multiple})"
+        )
 
 
 LR_FIND_DEFAULTS = {"min_lr": 1e-6, "max_lr": 1.0, "num_training": 100}

@@ -459,3 +459,31 @@ def test_on_bad_file_skip_is_honoured_for_a_bad_file_in_the_setup_sample(tmp_pat
     with caplog.at_level("WARNING"):
         AirbusDataModule(**options, on_bad_file="skip").setup("fit")
     assert "data.on_bad_file=skip: such files are skipped" in caplog.text
+
+
+def test_an_image_size_the_model_cannot_take_is_refused_before_training(tmp_path):
+    from segkit.train import check_input_size
+    from tests.helpers import conv1x1_module
+
+    module = conv1x1_module()
+    module.net.size_multiple, module.net.name = 128, "segnet"
+    dm = FolderDataModule(root=str(tmp_path), image_size=64, pad_multiple=None, num_workers=0)
+    with pytest.raises(ValueError, match=r"model 'segnet' needs .* multiples of 128, but data.image_size is 64x64: set data.image_size=128"):
+        check_input_size(dm, module)
+    check_input_size(FolderDataModule(root=str(tmp_path), image_size=64, pad_multiple=128, num_workers=0), module)
+    check_input_size(FolderDataModule(root=str(tmp_path), image_size=[256, 384], num_workers=0), module)
+
+
+def test_a_folder_of_grayscale_images_with_in_channels_3_is_mentioned(tmp_path, caplog):
+    (tmp_path / "f" / "images").mkdir(parents=True)
+    (tmp_path / "f" / "masks").mkdir()
+    for i in range(4):
+        cv2.imwrite(str(tmp_path / "f" / "images" / f"{i}.png"), np.full((32, 32), 40 * i, np.uint8))
+        cv2.imwrite(str(tmp_path / "f" / "masks" / f"{i}.png"), np.eye(32, dtype=np.uint8))
+    with caplog.at_level("WARNING"):
+        FolderDataModule(root=str(tmp_path / "f"), num_workers=0).setup("fit")
+    assert "the sampled images are grayscale but data.in_channels=3" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        FolderDataModule(root=str(tmp_path / "f"), in_channels=1, num_workers=0).setup("fit")
+    assert "grayscale" not in caplog.text

@@ -373,6 +373,8 @@ class SegmentationDataModule(L.LightningDataModule):
             )
         train = [items[i] for i in train_idx]
         self.check_sample(items)
+        log.info("%s: %d training and %d validation images (whole %ss on one side)", self.kind, len(train_idx),
+                 len(val_idx), self.group_name)
         self._normalizer = Normalizer(self.resolved_normalize())
         self.train_dataset = self.make_dataset(train, self.augment)
         self.val_dataset = self.make_dataset([items[i] for i in val_idx], None)
@@ -393,6 +395,7 @@ class SegmentationDataModule(L.LightningDataModule):
             return
         count = min(self.setup_sample_size, len(items))
         picks = sorted({round(i * (len(items) - 1) / max(count - 1, 1)) for i in range(count)})
+        self._note_gray_images([items[i].image for i in picks])
         problems = self._load_problems([items[i] for i in picks])
         if not problems:
             return
@@ -404,6 +407,24 @@ class SegmentationDataModule(L.LightningDataModule):
         raise ValueError(format_problems(problems, head, tail=(
             f"Fix or remove them; data.on_bad_file=skip trains without such files. ({listing})"
             if len(problems) < len(picks) else f"({listing})")))
+
+    def _note_gray_images(self, paths: Sequence[Path]) -> None:
+        """Say so when every sampled image is grayscale but the model is to take RGB: each is
+        copied into three channels (lossless, but three times the input for one band's worth)."""
+        if self.in_channels != 3 or "data.in_channels" not in self.channel_fix():
+            return
+        from PIL import Image
+
+        try:
+            modes = set()
+            for path in paths:
+                with Image.open(path) as im:
+                    modes.add(im.mode)
+        except Exception:  # noqa: BLE001 — unreadable files are reported by the checks
+            return
+        if modes and modes <= {"L", "I", "I;16", "I;16B", "I;16L", "F"}:
+            log.warning("the sampled images are grayscale but data.in_channels=3: each is copied into 3 channels; "
+                        "data.in_channels=1 trains a model on the one channel they have")
 
     def check(self) -> list[str]:
         """Every problem of every file (pairing, decoding, size, dtype, mask values), none raised."""
