@@ -24,7 +24,7 @@ def stratified_split(
         ``(train_indices, val_indices)``, each sorted by key.
     """
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
     strata = np.asarray(strata)
     train: list[int] = []
     val: list[int] = []
@@ -51,7 +51,7 @@ def group_split(
         ``(train_indices, val_indices)``, each sorted by key.
     """
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
     names = sorted(set(groups))
     n_val = int(round(val_fraction * len(names)))
     if val_fraction > 0 and n_val == 0 and len(names) >= 2:
