@@ -373,8 +373,8 @@ class SegmentationDataModule(L.LightningDataModule):
             )
         train = [items[i] for i in train_idx]
         self.check_sample(items)
-        log.info("%s: %d training and %d validation images (whole %ss on one side)", self.kind, len(train_idx),
-                 len(val_idx), self.group_name)
+        by_group = f" (split by {self.group_name}: each {self.group_name} on one side)" if self.group_name != "image" else ""
+        log.info("%s: %d training and %d validation images%s", self.kind, len(train_idx), len(val_idx), by_group)
         self._normalizer = Normalizer(self.resolved_normalize())
         self.train_dataset = self.make_dataset(train, self.augment)
         self.val_dataset = self.make_dataset([items[i] for i in val_idx], None)
