@@ -36,10 +36,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from segkit.checkpoint import LoadedCheckpoint, load_checkpoint
-from segkit.data.io import write_bytes_atomic, write_json_atomic
+from segkit.data.io import refuse_overwrite, write_bytes_atomic, write_json_atomic
+from segkit.predictor import build_predictor
 from segkit.rundir import claim_run_dir
 from segkit.metrics import confusion_matrices, dice_iou_from_confusion
-from segkit.predict import build_predictor, refuse_overwrite
 
 __all__ = ["EvalScores", "run_eval", "scores_from_confusions"]
 

@@ -25,8 +25,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from segkit.checkpoint import load_checkpoint
-from segkit.data.io import require_writable, temporary_path, write_json_atomic
-from segkit.predict import refuse_overwrite
+from segkit.data.io import refuse_overwrite, require_writable, temporary_path, write_json_atomic
 
 __all__ = ["ExportedNet", "export_onnx", "export_torchscript", "run_export"]
 

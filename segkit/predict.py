@@ -31,12 +31,13 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from segkit.checkpoint import LoadedCheckpoint, load_checkpoint
+from segkit.checkpoint import load_checkpoint
 from segkit.data.io import (
     DEFAULT_MAX_IMAGE_PIXELS,
     check_pixels,
     is_hidden,
     read_image,
+    refuse_overwrite,
     temporary_path,
     write_bytes_atomic,
     write_json_atomic,
@@ -44,10 +45,10 @@ from segkit.data.io import (
 )
 from segkit.errors import format_problems
 from segkit.rundir import claim_run_dir
-from segkit.predictor import Predictor, Preprocessing
+from segkit.predictor import Predictor, Preprocessing, build_predictor
 from segkit.submission import FORMATS, SubmissionWriter
 
-__all__ = ["IMAGE_SUFFIXES", "build_predictor", "collect_inputs", "refuse_overwrite", "run_predict"]
+__all__ = ["IMAGE_SUFFIXES", "collect_inputs", "run_predict"]
 
 log = logging.getLogger(__name__)
 
@@ -89,45 +90,6 @@ def collect_inputs(spec: str, recursive: bool = False) -> list[Path]:
             raise ValueError(f"input={spec}: {seen[file.stem]} and {file} would write the same outputs ({file.stem})")
         seen[file.stem] = file
     return files
-
-
-def refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
-    """Raise ``FileExistsError`` listing the outputs that exist, unless ``overwrite``."""
-    existing = [p for p in paths if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(format_problems(
-            [str(p) for p in existing], f"{len(existing)} output file(s) exist already:", limit=5,
-            tail="choose another output folder, or pass overwrite=true to replace them"))
-
-
-def resolve_device(device: str) -> Any:
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device}: CUDA is not available on this machine (device=cpu or auto)")
-    return torch.device(device)
-
-
-def build_predictor(loaded: LoadedCheckpoint, cfg: DictConfig) -> Predictor:
-    """A :class:`Predictor` with the inference settings of ``cfg`` (``conf/inference``)."""
-    from segkit.runtime import resolve_precision
-
-    device = resolve_device(str(cfg.device))
-    precision = resolve_precision(cfg.precision, "gpu" if device.type == "cuda" else "cpu")
-    return Predictor(
-        loaded.module,
-        Preprocessing.from_checkpoint(loaded.preprocessing),
-        device=device,
-        precision=precision,
-        tile=int(cfg.tile),
-        overlap=int(cfg.overlap),
-        batch_size=int(cfg.batch_size),
-        blend=str(cfg.blend),
-        tta=list(cfg.tta or []),
-        threshold=cfg.get("threshold"),
-    )
 
 
 def check_headers(files: list[Path], max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:

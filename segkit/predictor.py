@@ -26,12 +26,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segkit.checkpoint import LoadedCheckpoint
 from segkit.data.io import conform_channels
 from segkit.data.normalize import Normalizer
 from segkit.inference import TTA_TRANSFORMS, iter_blended_rows, predict_with_tta, window_layout
 from segkit.module import SegmentationModule
 
-__all__ = ["Prediction", "Predictor", "Preprocessing", "autocast_dtype"]
+__all__ = ["Prediction", "Predictor", "Preprocessing", "autocast_dtype", "build_predictor", "resolve_device"]
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -269,3 +270,32 @@ class Predictor:
             cut = math.inf if t >= 1 else -math.inf if t <= 0 else math.log(t / (1 - t))
             return (logits[0] > cut).to(torch.uint8)
         return logits.argmax(dim=0).to(torch.uint8 if logits.shape[0] <= 256 else torch.int32)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` (CUDA when available, else the CPU), ``cpu`` or ``cuda[:N]`` (refused without CUDA)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device}: CUDA is not available on this machine (device=cpu or auto)")
+    return torch.device(device)
+
+
+def build_predictor(loaded: LoadedCheckpoint, cfg: Any) -> Predictor:
+    """A :class:`Predictor` with the inference settings of ``cfg`` (``conf/inference``)."""
+    from segkit.runtime import resolve_precision
+
+    device = resolve_device(str(cfg.device))
+    precision = resolve_precision(cfg.precision, "gpu" if device.type == "cuda" else "cpu")
+    return Predictor(
+        loaded.module,
+        Preprocessing.from_checkpoint(loaded.preprocessing),
+        device=device,
+        precision=precision,
+        tile=int(cfg.tile),
+        overlap=int(cfg.overlap),
+        batch_size=int(cfg.batch_size),
+        blend=str(cfg.blend),
+        tta=list(cfg.tta or []),
+        threshold=cfg.get("threshold"),
+    )

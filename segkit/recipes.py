@@ -29,7 +29,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segkit.data.io import write_bytes_atomic
-from segkit.train import fit_stage
+from segkit.stage import fit_stage
 
 __all__ = ["STAGES_FILE", "Stage", "parse_stages", "read_stages_csv", "run_recipe", "stage_config"]
 

@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_module
 from hydra.utils import get_class, instantiate
 
 from segkit.models import count_parameters
-from segkit.train import build_module
+from segkit.stage import build_module
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = sorted(p.stem for p in (REPO / "conf" / "dataset").glob("*.yaml"))

@@ -15,7 +15,8 @@ from segkit.checkpoint import load_checkpoint
 from segkit.data.io import conform_channels, read_image, read_mask
 from segkit.data.tiling import patch_grid
 from segkit.evaluate import EvalScores, run_eval
-from segkit.predict import build_predictor, run_predict
+from segkit.predict import run_predict
+from segkit.predictor import build_predictor
 from tests.fixtures.dota import write_dota
 from tests.helpers import compose_config, run_segkit
 

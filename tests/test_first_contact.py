@@ -51,7 +51,7 @@ def test_folder_trains_without_class_names_as_the_readme_says(tmp_path):
 
 
 def test_module_class_names_reach_the_folder_datamodule(tmp_path):
-    from segkit.train import agree_class_names
+    from segkit.stage import agree_class_names
     from tests.helpers import compose_config
 
     cfg = compose_config("train", ["dataset=folder", "module.class_names=[sea,ship]"])
@@ -462,7 +462,7 @@ def test_on_bad_file_skip_is_honoured_for_a_bad_file_in_the_setup_sample(tmp_pat
 
 
 def test_an_image_size_the_model_cannot_take_is_refused_before_training(tmp_path):
-    from segkit.train import check_input_size
+    from segkit.stage import check_input_size
     from tests.helpers import conv1x1_module
 
     module = conv1x1_module()

@@ -6,7 +6,7 @@ from hydra import compose, initialize_config_module
 
 from segkit.data.class_stats import inverse_frequency_weights
 from segkit.prepare import run_prepare
-from segkit.train import resolve_loss_config
+from segkit.stage import resolve_loss_config
 from tests.fixtures.airbus import write_airbus
 
 

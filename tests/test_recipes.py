@@ -65,7 +65,7 @@ def test_stage_settings_reach_the_datamodule_and_the_labels():
     dm.setup("fit")
     sampler = dm.train_dataloader().sampler
     assert sampler.ratio == 0.7 and len(sampler) == len(sampler.positives) + round(0.7 * len(sampler.negatives))
-    from segkit.train import build_module
+    from segkit.stage import build_module
 
     module = build_module(cfg, task="classification")
     masks = torch.zeros(3, 4, 4, dtype=torch.long)
@@ -79,7 +79,7 @@ def test_recipe_errors_are_clear():
     with pytest.raises(ValueError, match="give lr or lr_find, not both"):
         parse_stages({"stages": [{"name": "a", "lr": 0.1, "lr_find": True}]})
     cfg = compose_train(["model=segnet"])
-    from segkit.train import build_module
+    from segkit.stage import build_module
 
     with pytest.raises(ValueError, match="needs a classification head.*model.classification_head=true"):
         build_module(cfg, task="classification")

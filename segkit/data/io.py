@@ -14,9 +14,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from segkit.errors import format_problems
+
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS", "check_pixels", "conform_channels", "image_size", "is_hidden", "list_files", "read_image",
-    "read_mask", "require_writable", "temporary_path", "write_bytes_atomic", "write_json_atomic", "write_png_atomic",
+    "read_mask", "refuse_overwrite", "require_writable", "temporary_path", "write_bytes_atomic", "write_json_atomic", "write_png_atomic",
 ]
 
 # The largest image (height x width) the readers decode: a corrupt header or a decompression
@@ -321,3 +323,12 @@ def write_png_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
     if not ok:
         raise ValueError(f"{path}: OpenCV could not encode a PNG of shape {array.shape}")
     write_bytes_atomic(path, encoded.tobytes())
+
+
+def refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
+    """Raise ``FileExistsError`` listing the outputs that exist, unless ``overwrite``."""
+    existing = [p for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(format_problems(
+            [str(p) for p in existing], f"{len(existing)} output file(s) exist already:", limit=5,
+            tail="choose another output folder, or pass overwrite=true to replace them"))
