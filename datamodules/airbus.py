@@ -50,6 +50,7 @@ class AirbusDataModule(SegmentationDataModule):
     """
 
     kind = "airbus"
+    fixed_in_channels = True  # RGB JPEGs; in_channels other than 3 is refused
     image_dtype = "uint8"
     default_class_names = ("background", "ship")
 

@@ -174,6 +174,7 @@ class SegmentationDataModule(L.LightningDataModule):
         return []
 
     group_name = "image"  # what the split keeps together (a car, a scene), for messages
+    fixed_in_channels = False  # the format allows one channel count only: data.in_channels is no remedy
 
     def has_validation(self) -> bool:
         """Whether the settings ask for a validation split (``data.val_fraction=0`` does not)."""
@@ -411,7 +412,7 @@ class SegmentationDataModule(L.LightningDataModule):
     def _note_gray_images(self, paths: Sequence[Path]) -> None:
         """Say so when every sampled image is grayscale but the model is to take RGB: each is
         copied into three channels (lossless, but three times the input for one band's worth)."""
-        if self.in_channels != 3 or "data.in_channels" not in self.channel_fix():
+        if self.in_channels != 3 or self.fixed_in_channels:
             return
         from PIL import Image
 
