@@ -7,6 +7,9 @@
 
 As distributed the folders are ``train_images_256`` and ``train_masks_256``; images and
 masks pair by file name. Masks are very sparse (~2% of pixels are seeps).
+The split keeps each scene on one side: a name's part before its first dot
+(``041869`` of ``041869.000043.tif``) names the SAR scene, whose tiles are neighbours
+and would leak across a tile-by-tile split.
 Normalisation: a fixed range (``normalize.max_pixel_value: 65535``), per-image min-max
 (``normalize.normalization: min_max``), or the training split's mean/std computed by
 ``segkit-prepare`` (``normalize.mean: dataset``, ``normalize.std: dataset``).
@@ -47,6 +50,7 @@ class OilSeepDataModule(SegmentationDataModule):
     """
 
     kind = "oilseep"
+    group_name = "scene"
     image_dtype = "uint16"
     default_class_names = ("background", "seep1", "seep2", "seep3", "seep4", "seep5", "seep6", "seep7")
 
@@ -71,7 +75,7 @@ class OilSeepDataModule(SegmentationDataModule):
         image_dir, mask_dir = self.root / self.images_dir, self.root / self.masks_dir
         self.require_paths(image_dir, mask_dir)
         pairs, unpaired = pair_by_name(image_dir, mask_dir, (".tif", ".tiff"))
-        return Scan([Item(name, image, mask, group=name) for name, image, mask in pairs], missing=unpaired)
+        return Scan([Item(name, image, mask, group=name.split(".")[0]) for name, image, mask in pairs], missing=unpaired)
 
     def prepare_dataset(self) -> list[str]:
         """Mean and std of the training images (in units of 65535), for ``normalize.mean: dataset``."""

@@ -27,7 +27,9 @@ def test_uint16_images_and_multiclass_masks(tmp_path):
     image, mask = data[name]
     np.testing.assert_allclose(sample["image"][0].numpy(), image / 65535.0, rtol=1e-6)  # fixed range
     np.testing.assert_array_equal(sample["mask"].numpy(), mask)
-    assert len(dm.val_dataset) == 2 and not set(dm.val_dataset.names) & set(dm.train_dataset.names)
+    assert not set(dm.val_dataset.names) & set(dm.train_dataset.names)
+    scenes = {split: {n.split(".")[0] for n in d.names} for split, d in (("train", dm.train_dataset), ("val", dm.val_dataset))}
+    assert len(scenes["val"]) == 1 and not scenes["val"] & scenes["train"]  # 1 of 3 scenes held out whole
 
 
 def test_dataset_statistics_normalisation(tmp_path):
@@ -89,6 +91,9 @@ def test_real_oilseep_sample(tmp_path):
     dm = make_dm(folder, tmp_path, images_dir="images", masks_dir="masks")
     dm.setup("fit")
     assert len(dm.train_dataset) + len(dm.val_dataset) == 138
+    train_scenes = {n.split(".")[0] for n in dm.train_dataset.names}
+    val_scenes = {n.split(".")[0] for n in dm.val_dataset.names}
+    assert len(val_scenes) == 3 and not train_scenes & val_scenes  # 17 scenes, round(0.2 * 17) held out whole
     image, mask = dm.train_dataset.load(0)
     assert image.shape == (256, 256, 1) and image.dtype == np.uint16
     assert mask.shape == (256, 256) and mask.dtype == np.uint8 and mask.max() <= 7
