@@ -14,7 +14,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "RESULTS.md"
-REALDATA = ROOT.parent / "shared" / "realdata"
+# the real samples: ../shared/realdata beside the repository, or $SEGKIT_REALDATA (a GPU box
+# that receives only the repository gets them copied in and pointed to)
+REALDATA = Path(os.environ.get("SEGKIT_REALDATA") or ROOT.parent / "shared" / "realdata")
 
 
 def machine() -> str:

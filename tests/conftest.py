@@ -9,7 +9,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
 
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+from bench.common import REALDATA  # noqa: E402 — ../shared/realdata, or $SEGKIT_REALDATA
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -21,7 +21,7 @@ def realdata(subdir: str) -> Path:
     """A folder of ../shared/realdata, or skip the test saying why."""
     path = REALDATA / subdir
     if not path.is_dir():
-        pytest.skip(f"real data sample {path} is absent (it ships in ../shared/realdata beside the repo)")
+        pytest.skip(f"real data sample {path} is absent (it ships in ../shared/realdata beside the repo, or set SEGKIT_REALDATA)")
     return path
 
 
