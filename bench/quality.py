@@ -52,8 +52,9 @@ EXPERIMENTS = {
     ),
     "oilseep_unet": Experiment(
         "oilseep_unet", "oilseep", ("data.images_dir=images", "data.masks_dir=masks", "trainer.max_epochs=50"),
-        notes="SAR oil seeps, 138 real 256x256 uint16 tiles, 8 classes, deterministic 80/20 split (seed 42); "
-              "50 epochs to fit 15 CPU minutes (the recipe's 60 with --set trainer.max_epochs=60)",
+        notes="SAR oil seeps, 138 real 256x256 uint16 tiles of 17 scenes, 8 classes; 3 whole scenes (28 tiles) "
+              "held out for validation (seed 42); 50 epochs to fit 15 CPU minutes (the recipe's 60 with "
+              "--set trainer.max_epochs=60)",
     ),
 }
 
