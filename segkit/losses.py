@@ -10,6 +10,14 @@ Pixels whose target equals ``ignore_index`` count nowhere (e.g. the padding of D
 patches). Half-precision logits (fp16/bf16 from autocast) are upcast to float32 before
 any arithmetic; float64 stays float64 (for gradcheck).
 
+Layout, as segmentation-models-pytorch splits its losses: the formulas shared between
+losses (class probabilities and one-hot targets, soft TP/FN/FP per class, the Tversky
+index and soft Dice, (weighted) cross-entropy) live in :mod:`segkit.loss_functional`;
+this module holds one small class per loss and the registry. Losses take numbers only:
+``weights: auto`` (class weights from the dataset's ``class_stats.json``) is resolved by
+the training set-up (:func:`segkit.stage.resolve_loss_config`) before a loss is built, and
+no loss reads a file.
+
 Losses written here: ``unified_focal``, ``focal_tversky``, ``bce_dice``, ``weighted_ce``.
 From segmentation-models-pytorch, with the mode chosen from ``num_classes``: ``dice``,
 ``jaccard``, ``lovasz``, ``focal``.
@@ -17,16 +25,22 @@ From segmentation-models-pytorch, with the mode chosen from ``num_classes``: ``d
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import segmentation_models_pytorch.losses as smp_losses
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from segkit.data.class_stats import read_class_weights
+from segkit.loss_functional import (
+    class_probabilities,
+    cross_entropy,
+    dice_score,
+    focal_power,
+    soft_counts,
+    tversky_index,
+    upcast,
+)
 
 __all__ = [
     "LOSSES",
@@ -60,53 +74,6 @@ def build_loss(name: str, num_classes: int, ignore_index: int | None = None, **p
         return LOSSES[name](num_classes=num_classes, ignore_index=ignore_index, **params)
     except TypeError as err:
         raise ValueError(f"loss {name!r}: {err}") from err
-
-
-# --------------------------------------------------------------------- helpers
-def _upcast(x: torch.Tensor) -> torch.Tensor:
-    """fp16/bf16 → float32; float32/float64 unchanged."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def class_probabilities(
-    logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-class probabilities, one-hot target and valid-pixel mask, ignored pixels zeroed.
-
-    Binary logits ``(B, 1, H, W)`` become two classes ``[1 − p, p]`` (computed as
-    ``sigmoid(−z), sigmoid(z)`` for accuracy), so binary and multiclass share the formulas.
-
-    Returns:
-        ``probs`` ``(B, K, H, W)``, ``one_hot`` ``(B, K, H, W)`` (zero on ignored pixels) and
-        ``valid`` ``(B, 1, H, W)``, all in the (upcast) dtype of the logits; ``K = max(C, 2)``.
-    """
-    logits = _upcast(logits)
-    if logits.shape[1] == 1:
-        probs = torch.cat([torch.sigmoid(-logits), torch.sigmoid(logits)], dim=1)
-    else:
-        probs = torch.softmax(logits, dim=1)
-    target = target.long()
-    if ignore_index is None:
-        valid = torch.ones_like(target, dtype=torch.bool)
-    else:
-        valid = target != ignore_index
-    safe = torch.where(valid, target, torch.zeros_like(target))
-    n_classes = probs.shape[1]
-    if safe.numel() and int(safe.max()) >= n_classes:
-        raise ValueError(f"target holds class {int(safe.max())} but the loss has {n_classes} classes")
-    one_hot = F.one_hot(safe, n_classes).permute(0, 3, 1, 2).to(probs.dtype)
-    valid_f = valid.unsqueeze(1).to(probs.dtype)
-    return probs, one_hot * valid_f, valid_f
-
-
-def soft_counts(
-    probs: torch.Tensor, one_hot: torch.Tensor, valid: torch.Tensor, dims: tuple[int, ...]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Soft true positives, false negatives and false positives per class, summed over ``dims``."""
-    tp = (probs * one_hot).sum(dim=dims)
-    fn = ((1.0 - probs) * one_hot).sum(dim=dims)
-    fp = (probs * (valid - one_hot)).sum(dim=dims)
-    return tp, fn, fp
 
 
 # ------------------------------------------------------------- unified focal
@@ -149,7 +116,7 @@ class UnifiedFocalLoss(nn.Module):
     to ``[ε, 1 − ε]`` as in the authors' code.
 
     Args:
-        variant: ``"symmetric"`` (the Airbus seed's) or ``"asymmetric"``.
+        variant: ``"symmetric"`` (the Airbus project's choice) or ``"asymmetric"``.
         weight: λ.
         delta: δ.
         gamma: γ.
@@ -200,12 +167,10 @@ class UnifiedFocalLoss(nn.Module):
         focal = focal_map.sum() / valid.sum().clamp_min(1.0)
 
         tp, fn, fp = soft_counts(p, one_hot, valid, (2, 3) if self.per_image else (0, 2, 3))
-        mti = (tp + self.epsilon) / (tp + self.delta * fn + (1.0 - self.delta) * fp + self.epsilon)
+        mti = tversky_index(tp, fn, fp, self.delta, 1.0 - self.delta, self.epsilon, eps=self.epsilon)
         distance = (1.0 - mti).clamp_min(0.0)
-        enhanced = distance.clamp_min(1e-12) ** (1.0 - self.gamma)
-        tversky_terms = torch.where(enhanced_classes, enhanced, distance)
-        tversky = tversky_terms.mean()
-        return self.weight * focal + (1.0 - self.weight) * tversky
+        tversky_terms = torch.where(enhanced_classes, focal_power(distance, 1.0 - self.gamma), distance)
+        return self.weight * focal + (1.0 - self.weight) * tversky_terms.mean()
 
 
 # ------------------------------------------------------------- focal tversky
@@ -219,11 +184,30 @@ class FocalTverskyLoss(nn.Module):
             + \alpha\sum_i (1-p_{ic}) g_{ic} + \beta\sum_i p_{ic}(1-g_{ic}) + s},
         \qquad FTL = \sum_c (1 - TI_c)^{1/\gamma}
 
-    α weighs false negatives, β false positives; sums run over every valid pixel of the
-    batch. Paper defaults: α = 0.7, β = 0.3, γ = 4/3; ``smooth`` s = 1 as in the authors' code.
+    segkit follows the paper: α weighs false negatives, β false positives, and the
+    exponent is 1/γ; sums run over every valid pixel of the batch. Paper defaults:
+    α = 0.7, β = 0.3, γ = 4/3 (exponent 0.75); ``smooth`` s = 1 as in the authors' code.
     Binary: the foreground term alone (the authors' binary setting). Multiclass: every
     class, background included, averaged (``reduction="mean"``, so the scale does not grow
     with the number of classes) or summed as in the paper (``reduction="sum"``).
+
+    The oil-seep project (EvgenyDyshlyuk/Oil_Seep_Detection, ``segmentation_loss.py``)
+    writes the index the other way round, ``(TP + s) / (TP + α·FP + β·FN + s)``, i.e. its
+    α = 0.7 weighs false *positives*, and uses its γ = 1.33 directly as the exponent,
+    ``(1 − TI)^1.33``. Both are legitimate choices; its loss is
+    ``alpha=0.3 beta=0.7 exponent=1.33`` here (with the default ``smooth=1``), exactly for
+    binary. For several classes that code applies a sigmoid to every channel and pools
+    all channels into one index, which segkit (softmax, one index per class) does not
+    reproduce.
+
+    Args:
+        alpha: weight of the false negatives.
+        beta: weight of the false positives.
+        gamma: γ; the exponent is 1/γ.
+        exponent: the exponent itself, replacing 1/γ when given (the oil-seep project's
+            1.33); ``None`` (default) uses 1/γ.
+        smooth: s.
+        reduction: ``"mean"`` or ``"sum"`` over classes.
     """
 
     def __init__(
@@ -232,6 +216,7 @@ class FocalTverskyLoss(nn.Module):
         alpha: float = 0.7,
         beta: float = 0.3,
         gamma: float = 4.0 / 3.0,
+        exponent: float | None = None,
         smooth: float = 1.0,
         reduction: str = "mean",
         ignore_index: int | None = None,
@@ -239,10 +224,13 @@ class FocalTverskyLoss(nn.Module):
         super().__init__()
         if gamma <= 0:
             raise ValueError(f"gamma must be > 0, got {gamma}")
+        if exponent is not None and exponent <= 0:
+            raise ValueError(f"exponent must be > 0, got {exponent}")
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         self.binary = num_classes == 1
         self.alpha, self.beta, self.gamma = alpha, beta, gamma
+        self.exponent = 1.0 / gamma if exponent is None else float(exponent)
         self.smooth = smooth
         self.reduction = reduction
         self.ignore_index = ignore_index
@@ -252,24 +240,41 @@ class FocalTverskyLoss(nn.Module):
         if self.binary:
             probs, one_hot = probs[:, 1:], one_hot[:, 1:]
         tp, fn, fp = soft_counts(probs, one_hot, valid, (0, 2, 3))
-        tversky = (tp + self.smooth) / (tp + self.alpha * fn + self.beta * fp + self.smooth)
-        terms = (1.0 - tversky).clamp_min(1e-12) ** (1.0 / self.gamma)
+        tversky = tversky_index(tp, fn, fp, self.alpha, self.beta, self.smooth)
+        terms = focal_power(1.0 - tversky, self.exponent)
         return terms.mean() if self.reduction == "mean" else terms.sum()
 
 
 # ------------------------------------------------------------------ bce_dice
 @register_loss("bce_dice")
 class BCEDiceLoss(nn.Module):
-    """``bce_weight · BCE + dice_weight · (1 − Dice)`` (binary) or CE + (1 − Dice) (multiclass).
+    """``bce_weight · (B)CE + dice_weight · (1 − Dice)``: BCE for binary, CE for multiclass.
 
-    The Carvana seed's loss (the oil-seep seed used a small BCE weight). The Dice term is
-    smp's soft Dice over the whole batch (per class, then averaged over the classes present
-    in the target, for multiclass).
+    The Carvana project's loss (BCE + (1 − Dice), both weights 1). The Dice is soft (on
+    probabilities), computed per class over the whole batch; binary: the foreground class
+    only; multiclass: the mean over *all* classes. With ``P = Σp``, ``T = Σg``, ``I = Σp·g``
+    per class, ``dice_formula`` picks:
+
+    - ``"smp"`` (default; segmentation-models-pytorch's ``DiceLoss``): ``1 − (2I + 2s) /
+      (P + T + 2s)`` — smp's ``smooth`` s acts like 2s of the plain formula — and a class
+      absent from the batch's target contributes 0 (still counted in the mean), so an
+      all-background binary batch has Dice term 0;
+    - ``"plain"`` (the Carvana and oil-seep projects' code): ``1 − (2I + s) / (P + T + s)``
+      for every class, so a class absent from the target gives ``1 − s/(P + s)``, about 1
+      when the prediction holds more than a few pixels of it (an all-background binary
+      batch: about 1).
+
+    The oil-seep project's ``DiceBCELoss`` is ``w·BCE + (1 − w)·(1 − Dice)`` with the plain
+    formula, s = 1 and w = 0.01 (its journal also tries 0.001): here ``bce_weight=0.01
+    dice_weight=0.99 dice_formula=plain smooth=1`` (exact for binary; with several classes
+    that code used sigmoids on one-hot channels pooled together, segkit softmax CE and
+    per-class Dice).
 
     Args:
         bce_weight: weight of the (binary) cross-entropy term.
         dice_weight: weight of the ``1 − Dice`` term.
-        smooth: Dice smoothing constant.
+        smooth: Dice smoothing constant s (see ``dice_formula``).
+        dice_formula: ``"smp"`` or ``"plain"``.
     """
 
     def __init__(
@@ -278,74 +283,63 @@ class BCEDiceLoss(nn.Module):
         bce_weight: float = 1.0,
         dice_weight: float = 1.0,
         smooth: float = 0.0,
+        dice_formula: str = "smp",
         ignore_index: int | None = None,
     ) -> None:
         super().__init__()
+        if dice_formula not in ("smp", "plain"):
+            raise ValueError(f"dice_formula must be 'smp' or 'plain', got {dice_formula!r}")
         self.binary = num_classes == 1
         self.bce_weight = bce_weight
         self.dice_weight = dice_weight
+        self.smooth = smooth
+        self.dice_formula = dice_formula
         self.ignore_index = ignore_index
-        self.dice = smp_losses.DiceLoss(
-            mode="binary" if self.binary else "multiclass",
-            from_logits=True,
-            smooth=smooth,
-            ignore_index=ignore_index,
-        )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = _upcast(logits)
+        ce = cross_entropy(logits, target, self.ignore_index)
+        probs, one_hot, valid = class_probabilities(logits, target, self.ignore_index)
         if self.binary:
-            bce = _binary_cross_entropy(logits[:, 0], target, self.ignore_index)
-            dice = self.dice(logits, target.long())
-        else:
-            target = target.long()
-            bce = F.cross_entropy(logits, target, ignore_index=_ce_ignore(self.ignore_index))
-            dice = self.dice(logits, target)
-        return self.bce_weight * bce + self.dice_weight * dice
-
-
-def _ce_ignore(ignore_index: int | None) -> int:
-    return -100 if ignore_index is None else ignore_index
-
-
-def _binary_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None, class_weights: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Mean BCE over valid pixels; with ``class_weights`` ``[w0, w1]`` a weighted mean as in
-    ``F.cross_entropy(weight=...)``: ``Σ w_y · bce / Σ w_y``."""
-    valid = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
-    target_f = torch.where(valid, target, torch.zeros_like(target)).to(logits.dtype)
-    per_pixel = F.binary_cross_entropy_with_logits(logits, target_f, reduction="none")
-    weight = valid.to(logits.dtype)
-    if class_weights is not None:
-        weight = weight * class_weights.to(logits.dtype)[target_f.long()]
-    return (per_pixel * weight).sum() / weight.sum().clamp_min(torch.finfo(logits.dtype).tiny)
+            probs, one_hot = probs[:, 1:], one_hot[:, 1:]
+        tp, fn, fp = soft_counts(probs, one_hot, valid, (0, 2, 3))
+        dice = 1.0 - dice_score(tp, fn, fp, self.smooth, self.dice_formula)
+        return self.bce_weight * ce + self.dice_weight * dice.mean()
 
 
 # --------------------------------------------------------------- weighted_ce
-@register_loss("weighted_ce")
 class WeightedCELoss(nn.Module):
-    """Cross-entropy with per-class weights (the DOTA seed: inverse pixel frequency).
+    """Cross-entropy with per-class weights (the DOTA project's loss: inverse pixel frequency).
 
-    ``weights``: ``"auto"`` (default) reads the inverse-frequency weights from
-    ``class_stats`` — the ``class_stats.json`` that ``segkit-prepare`` writes for a
-    dataset; or a list of one weight per class (two for binary: background, foreground);
-    or ``None`` for plain cross-entropy. The loss is the weighted mean ``Σ w_y · CE / Σ w_y`` over valid pixels
-    (PyTorch's convention); binary uses the sigmoid form with the same weighting.
+    ``weights``: one number per class (two for binary: background, foreground), or
+    ``None`` for plain cross-entropy. Numbers only: ``weights: auto`` in a config is
+    resolved to numbers by the training set-up before the loss is built.
+
+    ``normalize_by="weights"`` (default) is PyTorch's convention,
+    ``Σ_i w_{y_i}·CE_i / Σ_i w_{y_i}`` over valid pixels: a weighted mean. The DOTA
+    project's formula divides by the number N of valid pixels instead,
+    ``(1/N)·Σ_i w_{y_i}·CE_i``: ``normalize_by="pixels"``. Binary uses the sigmoid form
+    with the same weighting.
     """
 
     def __init__(
         self,
         num_classes: int,
-        weights: Sequence[float] | str | None = "auto",
-        class_stats: str | os.PathLike | None = None,
+        weights: Sequence[float] | None = None,
+        normalize_by: str = "weights",
         ignore_index: int | None = None,
     ) -> None:
         super().__init__()
+        if normalize_by not in ("weights", "pixels"):
+            raise ValueError(f"weighted_ce: normalize_by must be 'weights' or 'pixels', got {normalize_by!r}")
         self.binary = num_classes == 1
         n_labels = 2 if self.binary else num_classes
-        if weights == "auto":
-            weights = read_class_weights(class_stats, n_labels)
+        if isinstance(weights, str):
+            raise ValueError(
+                f"weighted_ce: weights={weights!r} is not a list of numbers. A loss reads no file: "
+                "weights: auto is resolved by the training set-up (segkit.stage.resolve_loss_config reads "
+                "the dataset's class_stats.json, which segkit-prepare writes) before the loss is built; "
+                "pass the weights themselves (one per class, [background, foreground] for binary) or None"
+            )
         if weights is not None:
             weights = [float(w) for w in weights]
             if len(weights) != n_labels:
@@ -358,14 +352,36 @@ class WeightedCELoss(nn.Module):
             self.register_buffer("class_weights", torch.tensor(weights, dtype=torch.float32))
         else:
             self.class_weights = None
+        self.normalize_by = normalize_by
         self.ignore_index = ignore_index
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = _upcast(logits)
-        weights = None if self.class_weights is None else self.class_weights.to(logits.dtype)
-        if self.binary:
-            return _binary_cross_entropy(logits[:, 0], target.long(), self.ignore_index, weights)
-        return F.cross_entropy(logits, target.long(), weight=weights, ignore_index=_ce_ignore(self.ignore_index))
+        return cross_entropy(logits, target, self.ignore_index, self.class_weights, self.normalize_by)
+
+
+@register_loss("weighted_ce")
+def _weighted_ce(
+    num_classes: int,
+    weights: Sequence[float] | str | None = "auto",
+    class_stats: None = None,
+    normalize_by: str = "weights",
+    ignore_index: int | None = None,
+) -> WeightedCELoss:
+    """``loss=weighted_ce`` as ``conf/loss/weighted_ce.yaml`` spells it → :class:`WeightedCELoss`.
+
+    The config's defaults ``weights: auto`` and ``class_stats: null`` are set-up keys:
+    :func:`segkit.stage.resolve_loss_config` replaces ``auto`` by the numbers in the
+    dataset's ``class_stats.json`` (or the file ``class_stats`` names) and drops
+    ``class_stats``. Here ``auto`` (the default, unresolved) and a ``class_stats`` path are
+    refused with a message saying so; ``class_stats: null`` is accepted (older checkpoints
+    record it).
+    """
+    if class_stats is not None:
+        raise ValueError(
+            f"weighted_ce: class_stats={str(class_stats)!r} is a file, and a loss reads no file: the training "
+            "set-up (segkit.stage.resolve_loss_config) reads it for weights: auto; pass the weights themselves"
+        )
+    return WeightedCELoss(num_classes, weights=weights, normalize_by=normalize_by, ignore_index=ignore_index)
 
 
 # ------------------------------------------------------------ smp's own losses
@@ -385,7 +401,7 @@ class SmpLoss(nn.Module):
         self.loss = loss_class(mode="binary" if self.binary else "multiclass", ignore_index=ignore_index, **params)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = logits.float() if self.float32_only else _upcast(logits)
+        logits = logits.float() if self.float32_only else upcast(logits)
         target = target.to(logits.dtype) if self.binary else target.long()
         return self.loss(logits, target)
 
@@ -398,7 +414,18 @@ def _smp(loss_class: type[nn.Module], doc: str, float32_only: bool = False) -> C
     return factory
 
 
-register_loss("dice")(_smp(smp_losses.DiceLoss, "smp DiceLoss: 1 − soft Dice over the batch, mean over classes present."))
-register_loss("jaccard")(_smp(smp_losses.JaccardLoss, "smp JaccardLoss: 1 − soft IoU over the batch (the buildings seed's suggestion)."))
-register_loss("lovasz")(_smp(smp_losses.LovaszLoss, "smp LovaszLoss: Lovász hinge (binary) / Lovász-softmax (multiclass), Berman et al. 2018.", float32_only=True))
-register_loss("focal")(_smp(smp_losses.FocalLoss, "smp FocalLoss (Lin et al. 2017): sigmoid focal loss; multiclass: one-vs-rest per class, averaged."))
+register_loss("dice")(_smp(smp_losses.DiceLoss, (
+    "smp DiceLoss: 1 − soft Dice per class over the whole batch, averaged over all classes; a class absent "
+    "from the batch's target counts 0 in that mean (binary: the foreground only, 0 on an all-background "
+    "batch). smp 0.6 smooths as (2I + 2s)/(P + T + 2s)."
+)))
+register_loss("jaccard")(_smp(smp_losses.JaccardLoss, (
+    "smp JaccardLoss: 1 − soft IoU per class over the whole batch, averaged over all classes, a class absent "
+    "from the batch's target counting 0 (the buildings project's suggestion)."
+)))
+register_loss("lovasz")(_smp(smp_losses.LovaszLoss, (
+    "smp LovaszLoss: Lovász hinge (binary) / Lovász-softmax (multiclass), Berman et al. 2018."
+), float32_only=True))
+register_loss("focal")(_smp(smp_losses.FocalLoss, (
+    "smp FocalLoss (Lin et al. 2017): sigmoid focal loss; multiclass: one-vs-rest per class, averaged."
+)))

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from segkit.callbacks import AtomicCheckpointIO, EpochSeeder, MetricsHistory
 from segkit.checkpoint import read_checkpoint
 from segkit.data.class_stats import read_class_weights
+from segkit.data.datasets import label_count
 from segkit.models import count_parameters
 from segkit.module import SegmentationModule
 
@@ -58,15 +59,20 @@ def _expand_fast_dev_run(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_loss_config(loss: dict[str, Any], num_classes: int, datamodule: Any = None) -> dict[str, Any]:
-    """Replace ``weights: auto`` by the numbers in the dataset's ``class_stats.json``.
+    """The loss config with ``weights: auto`` replaced by the numbers in the dataset's
+    ``class_stats.json`` and the set-up key ``class_stats`` dropped.
 
-    The checkpoint then records the weights actually used, not a path that may move.
+    The one place ``weights: auto`` is resolved: losses take numbers only and read no file
+    (:mod:`segkit.losses`). ``class_stats`` names the file (default: the datamodule's
+    ``class_stats_path``); a missing or unknown file is an error naming it and saying to
+    run ``segkit-prepare``. The checkpoint then records the weights actually used, not a
+    path that may move.
     """
-    if loss.get("weights") != "auto":
-        return loss
     loss = dict(loss)
-    path = loss.pop("class_stats", None) or getattr(datamodule, "class_stats_path", None)
-    loss["weights"] = read_class_weights(path, max(num_classes, 2))
+    path = loss.pop("class_stats", None)
+    if loss.get("weights") == "auto":
+        path = path or getattr(datamodule, "class_stats_path", None)
+        loss["weights"] = read_class_weights(path, label_count(num_classes))
     return loss
 
 
@@ -203,7 +209,8 @@ def check_input_size(datamodule: Any, module: SegmentationModule) -> None:
         return
     height, width = (size, size) if isinstance(size, int) else size
     if height % multiple or width % multiple:
-        fit = f"{-(-height // multiple) * multiple}" if height == width else f"[{-(-height // multiple) * multiple},{-(-width // multiple) * multiple}]"
+        up_h, up_w = -(-height // multiple) * multiple, -(-width // multiple) * multiple
+        fit = f"{up_h}" if height == width else f"[{up_h},{up_w}]"
         raise ValueError(
             f"model {module.net.name!r} needs input height and width that are multiples of {multiple}, but "
             f"data.image_size is {height}x{width}: set data.image_size={fit} (or data.pad_multiple={multiple})"
