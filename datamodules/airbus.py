@@ -13,7 +13,6 @@ draws all ship images plus a fresh ``background_ratio`` share of the ship-free o
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,14 @@ import numpy as np
 
 from segkit.data.cache import MaskCache, file_sha256
 from segkit.data.datamodule import Item, Scan, SegmentationDataModule
-from segkit.data.rle_csv import RleTable, cache_rle_masks, read_rle_csv
+from segkit.data.normalize import IMAGENET
+from segkit.data.rle_csv import RleCsvMasks, RleTable, read_rle_csv
 from segkit.data.sampling import BackgroundRatioSampler, background_subset
 from segkit.data.splits import stratified_split
 
 __all__ = ["AirbusDataModule", "read_airbus_csv"]
 
-RLE_ORDER = "F"
+RLE_ORDER = "F"  # column-major: top to bottom, then left to right
 
 
 def read_airbus_csv(path: str | os.PathLike) -> RleTable:
@@ -36,7 +36,7 @@ def read_airbus_csv(path: str | os.PathLike) -> RleTable:
     return read_rle_csv(path, "ImageId", "EncodedPixels")
 
 
-class AirbusDataModule(SegmentationDataModule):
+class AirbusDataModule(RleCsvMasks, SegmentationDataModule):
     """Airbus ship segmentation, binary (``num_classes=1``, sigmoid) or two-class softmax.
 
     Args:
@@ -54,47 +54,38 @@ class AirbusDataModule(SegmentationDataModule):
     image_dtype = "uint8"
     default_class_names = ("background", "ship")
 
+    binary_masks = "ship/no ship"
+    rle_order = RLE_ORDER
+    defaults = {
+        "image_size": 256, "val_fraction": 0.1, "normalize": IMAGENET,
+        "augment": {  # the Airbus kernel's: h/v flips, rotation, brightness
+            "hflip": {"type": "HorizontalFlip", "p": 0.5},
+            "vflip": {"type": "VerticalFlip", "p": 0.5},
+            "rotate": {"type": "Rotate", "limit": 20, "border_mode": 4, "p": 0.5},  # 4 = cv2.BORDER_REFLECT_101
+            "brightness": {"type": "RandomBrightnessContrast", "brightness_limit": 0.2, "contrast_limit": 0.1, "p": 0.5},
+        },
+    }
+
     def __init__(
         self,
         root: str | None = None,
         images_dir: str = "train_v2",
         csv_file: str = "train_ship_segmentations_v2.csv",
-        num_classes: int = 1,
-        in_channels: int = 3,
-        image_size: int | list[int] | None = 256,
-        batch_size: int = 8,
-        num_workers: int = 2,
-        val_fraction: float = 0.1,
         background_ratio: float = 0.1,
         val_background_ratio: float = 0.1,
-        seed: int = 42,
         **kwargs: Any,
     ) -> None:
-        if num_classes not in (1, 2):
-            raise ValueError(f"Airbus masks are ship/no ship: num_classes must be 1 or 2, got {num_classes}")
-        if in_channels != 3:
-            raise ValueError(f"Airbus images are RGB JPEGs: in_channels must be 3, got {in_channels}")
-        super().__init__(
-            root=root, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-            batch_size=batch_size, num_workers=num_workers, val_fraction=val_fraction, seed=seed, **kwargs,
-        )
+        super().__init__(root=root, **kwargs)
         self.images_dir = images_dir
         self.csv_file = csv_file
         self.background_ratio = background_ratio
         self.val_background_ratio = val_background_ratio
-        self.index: RleTable | None = None
-        self._cache: MaskCache | None = None
-        self._cache_written = 0
-
-    @property
-    def csv_path(self) -> Path:
-        return self.root / self.csv_file
 
     def channel_fix(self) -> str:
         return "Airbus images are RGB: convert the file to RGB, or remove it (data.on_bad_file=skip skips it)"
 
     @property
-    def image_dir(self) -> Path:
+    def images_path(self) -> Path:
         return self.root / self.images_dir
 
     def layout_help(self) -> str:
@@ -105,43 +96,39 @@ class AirbusDataModule(SegmentationDataModule):
 
     # ---------------------------------------------------------------- listing
     def scan(self) -> Scan:
-        self.require_paths(self.image_dir, self.csv_path)
-        index = self._load_index()
-        present = set(os.listdir(self.image_dir))
+        self.require_paths(self.images_path, self.csv_path)
+        table = self.rle_table()
+        present = set(os.listdir(self.images_path))
         masks = self.work_dir / "masks"
         items, missing = [], []
-        for image_id in index.ids:
+        for image_id in table.ids:
             if image_id not in present:
-                missing.append(f"{self.csv_path}:{index.first_line[image_id]}: ImageId {image_id!r} has no image {self.image_dir / image_id}")
+                missing.append(f"{self.csv_path}:{table.first_line[image_id]}: ImageId {image_id!r} "
+                               f"has no image {self.images_path / image_id}")
                 continue
-            mask = masks / f"{image_id}.png" if index.has_mask(image_id) else None
-            items.append(Item(name=image_id, image=self.image_dir / image_id, mask=mask, group=image_id))
+            mask = masks / f"{image_id}.png" if table.has_mask(image_id) else None
+            items.append(Item(name=image_id, image=self.images_path / image_id, mask=mask, group=image_id))
         return Scan(items, missing=missing)
 
-    def _load_index(self) -> RleTable:
-        if self.index is None:
-            self.index = read_airbus_csv(self.csv_path)
-        return self.index
+    def read_rle_table(self) -> RleTable:
+        return read_airbus_csv(self.csv_path)
 
     def fingerprint(self) -> str:
         return file_sha256(self.csv_path)
 
     def source_mask_decoder(self):
         """Masks decoded from the CSV's RLE rows (checks and evaluation need no mask cache)."""
-        return functools.partial(self._load_index().decode, order=RLE_ORDER)
+        return self.rle_decoder()
 
     # ------------------------------------------------------------ preparation
     def _mask_cache(self) -> MaskCache:
-        """The mask cache of the ship images, built or completed once per instance."""
-        if self._cache is None:
-            ships = {i.name: i.image for i in self.items() if i.mask is not None}
-            self._cache, self._cache_written = cache_rle_masks(
-                self._load_index(), self.work_dir / "masks", ships, RLE_ORDER, self.max_image_pixels)
-        return self._cache
+        """The mask cache of the ship images."""
+        return self.mask_cache({i.name: i.image for i in self.items() if i.mask is not None})
 
     def prepare_dataset(self) -> list[str]:
         """Build the per-image mask cache (rank 0 only under DDP)."""
-        return [self._mask_cache().describe(self._cache_written)]
+        self._mask_cache()
+        return [self.describe_cache()]
 
     # ---------------------------------------------------------- split, sample
     def setup(self, stage: str | None = None) -> None:

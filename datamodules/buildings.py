@@ -19,7 +19,11 @@ from typing import Any
 from segkit.data.datamodule import Item, Scan, SegmentationDataModule
 from segkit.data.datasets import MaskValues
 from segkit.data.io import list_files, write_json_atomic
+from segkit.data.normalize import IMAGENET
+from segkit.data.pairing import files_by_key, pair_by_key
 from segkit.data.splits import group_split, read_name_list
+
+TIFF = (".tif", ".tiff")
 
 __all__ = ["BuildingsDataModule"]
 
@@ -43,6 +47,13 @@ class BuildingsDataModule(SegmentationDataModule):
     image_dtype = "uint8"
     default_class_names = ("background", "building")
 
+    binary_masks = "building/background"
+    defaults = {
+        "batch_size": 16, "normalize": IMAGENET,
+        "augment": {"hflip": {"type": "HorizontalFlip", "p": 0.5}, "vflip": {"type": "VerticalFlip", "p": 0.5},
+                    "rotate90": {"type": "RandomRotate90", "p": 0.5}},
+    }
+
     def __init__(
         self,
         root: str | None = None,
@@ -53,14 +64,9 @@ class BuildingsDataModule(SegmentationDataModule):
         test_dir: str = "test",
         test_prefix: str = "test_image_",
         split_file: str | None = None,
-        num_classes: int = 1,
-        in_channels: int = 3,
-        val_fraction: float = 0.2,
         **kwargs: Any,
     ) -> None:
-        if num_classes not in (1, 2):
-            raise ValueError(f"building masks are binary: num_classes must be 1 or 2, got {num_classes}")
-        super().__init__(root=root, num_classes=num_classes, in_channels=in_channels, val_fraction=val_fraction, **kwargs)
+        super().__init__(root=root, **kwargs)
         self.images_dir = images_dir
         self.masks_dir = masks_dir
         self.image_prefix = image_prefix
@@ -75,25 +81,23 @@ class BuildingsDataModule(SegmentationDataModule):
             f"(and {self.test_dir}/{self.test_prefix}N.tif to predict)"
         )
 
-    def _keyed(self, folder: Path, prefix: str, problems: list[str]) -> dict[str, Path]:
-        keyed = {}
-        for path in list_files(folder, (".tif", ".tiff")):
-            if not path.stem.startswith(prefix):
-                problems.append(f"{path}: file name does not start with {prefix!r}")
-                continue
-            keyed[path.stem[len(prefix):]] = path
-        return keyed
+    @staticmethod
+    def _after(prefix: str):
+        """The key of ``<prefix>N.tif``: ``N``; ``None`` for a name without the prefix."""
+        return lambda path: path.stem[len(prefix):] if path.stem.startswith(prefix) else None
 
     def scan(self) -> Scan:
         image_dir, mask_dir = self.root / self.images_dir, self.root / self.masks_dir
         self.require_paths(image_dir, mask_dir)
         problems: list[str] = []
-        images = self._keyed(image_dir, self.image_prefix, problems)
-        masks = self._keyed(mask_dir, self.mask_prefix, problems)
-        items = [Item(images[k].stem, images[k], masks[k], group=images[k].stem) for k in images if k in masks]
-        missing = [f"{images[k]}: image has no mask {mask_dir / (self.mask_prefix + k + '.tif')}" for k in images if k not in masks]
-        missing += [f"{masks[k]}: mask has no image {image_dir / (self.image_prefix + k + '.tif')}" for k in masks if k not in images]
-        return Scan(items, problems, missing)
+        images, masks = (
+            files_by_key(folder, TIFF, self._after(prefix), problems=problems,
+                         bad_name=f"file name does not start with {prefix!r}", what=what)
+            for folder, prefix, what in ((image_dir, self.image_prefix, "image"), (mask_dir, self.mask_prefix, "mask"))
+        )
+        pairs, missing = pair_by_key(images, masks, mask_for=lambda k: mask_dir / f"{self.mask_prefix}{k}.tif",
+                                     image_for=lambda k: image_dir / f"{self.image_prefix}{k}.tif")
+        return Scan([Item(image.stem, image, mask, group=image.stem) for _, image, mask in pairs], problems, missing)
 
     def mask_values(self) -> MaskValues:
         return MaskValues(n_labels=2, ignore_index=self.ignore_index, scale_255=True)
@@ -101,7 +105,7 @@ class BuildingsDataModule(SegmentationDataModule):
     @property
     def test_images(self) -> list[Path]:
         """The images of ``test_dir`` (for prediction)."""
-        return [p for p in list_files(self.root / self.test_dir, (".tif", ".tiff")) if p.name.startswith(self.test_prefix)]
+        return [p for p in list_files(self.root / self.test_dir, TIFF) if p.name.startswith(self.test_prefix)]
 
     # ------------------------------------------------------------------ split
     @property

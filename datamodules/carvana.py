@@ -13,7 +13,6 @@ once into a PNG cache). Train and validation are split **by car**, never by imag
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,13 @@ from segkit.data.cache import MaskCache
 from segkit.data.datamodule import Item, Scan, SegmentationDataModule
 from segkit.data.datasets import MaskValues
 from segkit.data.io import list_files, read_mask
-from segkit.data.rle_csv import RleTable, cache_rle_masks, read_rle_csv
+from segkit.data.normalize import IMAGENET
+from segkit.data.pairing import files_by_key, pair_by_key
+from segkit.data.rle_csv import RleCsvMasks, RleTable, read_rle_csv
 
 __all__ = ["CarvanaDataModule", "car_id"]
 
-RLE_ORDER = "C"
+RLE_ORDER = "C"  # row-major: left to right, then top to bottom
 
 
 def car_id(stem: str) -> str:
@@ -35,7 +36,7 @@ def car_id(stem: str) -> str:
     return stem.rsplit("_", 1)[0]
 
 
-class CarvanaDataModule(SegmentationDataModule):
+class CarvanaDataModule(RleCsvMasks, SegmentationDataModule):
     """Carvana car masks, binary.
 
     Args:
@@ -53,6 +54,14 @@ class CarvanaDataModule(SegmentationDataModule):
     image_dtype = "uint8"
     default_class_names = ("background", "car")
 
+    binary_masks = "car/background"
+    rle_order = RLE_ORDER
+    defaults = {
+        "image_size": [1024, 1024], "batch_size": 4, "normalize": IMAGENET,
+        "augment": {"shift_scale_rotate": {"type": "Affine", "translate_percent": [-0.0625, 0.0625], "scale": [0.9, 1.1],
+                                           "rotate": [-10, 10], "p": 0.5}},
+    }
+
     def __init__(
         self,
         root: str | None = None,
@@ -60,27 +69,15 @@ class CarvanaDataModule(SegmentationDataModule):
         masks_dir: str = "train_masks",
         csv_file: str = "train_masks.csv",
         mask_source: str = "gif",
-        num_classes: int = 1,
-        in_channels: int = 3,
-        val_fraction: float = 0.2,
         **kwargs: Any,
     ) -> None:
         if mask_source not in ("gif", "csv"):
-            raise ValueError(f"mask_source must be 'gif' or 'csv', got {mask_source!r}")
-        if num_classes not in (1, 2):
-            raise ValueError(f"Carvana masks are car/background: num_classes must be 1 or 2, got {num_classes}")
-        super().__init__(root=root, num_classes=num_classes, in_channels=in_channels, val_fraction=val_fraction, **kwargs)
+            raise ValueError(f"data.mask_source must be 'gif' or 'csv', got {mask_source!r}")
+        super().__init__(root=root, **kwargs)
         self.images_dir = images_dir
         self.masks_dir = masks_dir
         self.csv_file = csv_file
         self.mask_source = mask_source
-        self._table: RleTable | None = None
-        self._cache: MaskCache | None = None
-        self._cache_written = 0
-
-    @property
-    def csv_path(self) -> Path:
-        return self.root / self.csv_file
 
     def layout_help(self) -> str:
         return (
@@ -100,25 +97,18 @@ class CarvanaDataModule(SegmentationDataModule):
     def _scan_gif(self, images: dict[str, Path], problems: list[str]) -> Scan:
         mask_dir = self.root / self.masks_dir
         self.require_paths(mask_dir)
-        masks = {p.name: p for p in list_files(mask_dir, (".gif",)) if p.name.endswith("_mask.gif")}
-        items, missing = [], []
-        for name, path in images.items():
-            mask = masks.pop(f"{path.stem}_mask.gif", None)
-            if mask is None:
-                missing.append(f"{path}: image has no mask {mask_dir / (path.stem + '_mask.gif')}")
-                continue
-            items.append(Item(name=name, image=path, mask=mask, group=car_id(path.stem)))
-        missing += [f"{p}: mask has no image {self.root / self.images_dir / p.name.replace('_mask.gif', '.jpg')}" for p in sorted(masks.values())]
-        return Scan(items, problems, missing)
+        masks = files_by_key(mask_dir, (".gif",), lambda p: p.name[: -len("_mask.gif")] if p.name.endswith("_mask.gif") else None,
+                             problems=[])  # other GIFs in the folder are not masks
+        pairs, missing = pair_by_key({p.stem: p for p in images.values()}, masks, mask_for=lambda k: mask_dir / f"{k}_mask.gif",
+                                     image_for=lambda k: self.root / self.images_dir / f"{k}.jpg")
+        return Scan([Item(image.name, image, mask, group=car_id(key)) for key, image, mask in pairs], problems, missing)
 
-    def _table_(self) -> RleTable:
-        if self._table is None:
-            self.require_paths(self.csv_path)
-            self._table = read_rle_csv(self.csv_path, "img", "rle_mask", one_row_per_id=True)
-        return self._table
+    def read_rle_table(self) -> RleTable:
+        self.require_paths(self.csv_path)
+        return read_rle_csv(self.csv_path, "img", "rle_mask", one_row_per_id=True)
 
     def _scan_csv(self, images: dict[str, Path], problems: list[str]) -> Scan:
-        table = self._table_()
+        table = self.rle_table()
         masks = self.work_dir / "masks"
         items, missing = [], []
         for name in table.ids:
@@ -132,17 +122,14 @@ class CarvanaDataModule(SegmentationDataModule):
 
     # ------------------------------------------------------------ preparation
     def _mask_cache(self) -> MaskCache:
-        """The mask cache decoded from the CSV, built or completed once per instance."""
-        if self._cache is None:
-            images = {i.name: i.image for i in self.items()}
-            self._cache, self._cache_written = cache_rle_masks(
-                self._table_(), self.work_dir / "masks", images, RLE_ORDER, self.max_image_pixels)
-        return self._cache
+        """The mask cache decoded from the CSV."""
+        return self.mask_cache({i.name: i.image for i in self.items()})
 
     def prepare_dataset(self) -> list[str]:
         if self.mask_source == "gif":
             return []
-        return [self._mask_cache().describe(self._cache_written)]
+        self._mask_cache()
+        return [self.describe_cache()]
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is None and self.mask_source == "csv":
@@ -156,9 +143,7 @@ class CarvanaDataModule(SegmentationDataModule):
 
     def source_mask_decoder(self):
         """``mask_source=csv``: masks decoded from the CSV's RLE rows (checks and evaluation need no cache)."""
-        if self.mask_source != "csv":
-            return None
-        return functools.partial(self._table_().decode, order=RLE_ORDER)
+        return self.rle_decoder() if self.mask_source == "csv" else None
 
     def check(self) -> list[str]:
         """The base checks (the CSV's RLE decoded, never the cache); with ``mask_source=csv`` and
@@ -169,7 +154,7 @@ class CarvanaDataModule(SegmentationDataModule):
         return problems
 
     def _compare_csv_with_gifs(self) -> list[str]:
-        table = self._table_()
+        table = self.rle_table()
         problems = []
         scan = self._scan or self.scan()
         for item in scan.items:
@@ -178,7 +163,7 @@ class CarvanaDataModule(SegmentationDataModule):
                 continue
             try:
                 from_gif = self.mask_values()(read_mask(gif), gif)
-                from_csv = self.mask_values()(table.decode(item.name, from_gif.shape, RLE_ORDER), self.csv_path)
+                from_csv = self.mask_values()(table.decode(item.name, from_gif.shape, self.rle_order), self.csv_path)
             except (ValueError, FileNotFoundError):
                 continue  # listed among the base checks' problems
             if not np.array_equal(from_csv, from_gif):

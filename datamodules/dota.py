@@ -32,7 +32,9 @@ import numpy as np
 
 from segkit.data.datamodule import Item, Scan, SegmentationDataModule
 from segkit.data.datasets import ImageMaskDataset
-from segkit.data.io import image_size, list_files, read_image, temporary_path, write_bytes_atomic, write_json_atomic, write_png_atomic
+from segkit.data.io import image_size, read_image, temporary_path, write_bytes_atomic, write_json_atomic, write_png_atomic
+from segkit.data.normalize import IMAGENET
+from segkit.data.pairing import files_by_key, pair_by_key, stem
 from segkit.data.rasterize import polygon_area, rasterize_polygons
 from segkit.data.tiling import iter_patches
 from segkit.errors import format_problems
@@ -142,6 +144,15 @@ class DotaDataModule(SegmentationDataModule):
     group_name = "scene"  # overlapping patches of a scene never straddle the split
     image_dtype = "uint8"
     default_class_names = DOTA_CLASSES
+    defaults = {
+        "num_classes": len(DOTA_CLASSES), "ignore_index": 255, "val_fraction": 0.1, "batch_size": 4, "normalize": IMAGENET,
+        "augment": {
+            "rotate90": {"type": "RandomRotate90", "p": 0.5},
+            "hflip": {"type": "HorizontalFlip", "p": 0.5},
+            "vflip": {"type": "VerticalFlip", "p": 0.5},
+            "color": {"type": "ColorJitter", "brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.02, "p": 0.5},
+        },
+    }
 
     def __init__(
         self,
@@ -151,18 +162,13 @@ class DotaDataModule(SegmentationDataModule):
         patch_size: int = 1024,
         overlap: int = 200,
         skip_difficult: bool = False,
-        num_classes: int = 16,
-        in_channels: int = 3,
-        ignore_index: int | None = 255,
-        val_fraction: float = 0.1,
         **kwargs: Any,
     ) -> None:
-        if num_classes != len(DOTA_CLASSES):
-            raise ValueError(f"DOTA v1.0 has {len(DOTA_CLASSES)} classes (background + 15), got num_classes={num_classes}")
-        if ignore_index is not None and ignore_index < num_classes:
-            raise ValueError(f"ignore_index {ignore_index} collides with a class (0..{num_classes - 1})")
-        super().__init__(root=root, num_classes=num_classes, in_channels=in_channels, ignore_index=ignore_index,
-                         val_fraction=val_fraction, **kwargs)
+        super().__init__(root=root, **kwargs)
+        if self.num_classes != len(DOTA_CLASSES):
+            raise ValueError(f"DOTA v1.0 has {len(DOTA_CLASSES)} classes (background + 15), got num_classes={self.num_classes}")
+        if self.ignore_index is not None and self.ignore_index < self.num_classes:
+            raise ValueError(f"ignore_index {self.ignore_index} collides with a class (0..{self.num_classes - 1})")
         self.images_dir = images_dir
         self.labels_dir = labels_dir
         self.patch_size = patch_size
@@ -178,15 +184,17 @@ class DotaDataModule(SegmentationDataModule):
 
     # ----------------------------------------------------------------- sources
     def sources(self) -> tuple[list[tuple[str, Path, Path]], list[str]]:
-        """``(name, image, label)`` of every scene, and every unpaired file (hidden files left out)."""
+        """``(name, image, label)`` of every scene, and every unpaired file (hidden files left out);
+        raises when two images or two label files name one scene."""
         image_dir, label_dir = self.root / self.images_dir, self.root / self.labels_dir
         self.require_paths(image_dir, label_dir)
-        images = {p.stem: p for p in list_files(image_dir, IMAGE_SUFFIXES)}
-        labels = {p.stem: p for p in list_files(label_dir, (".txt",))}
-        pairs = [(n, images[n], labels[n]) for n in images if n in labels]
-        unpaired = [f"{images[n]}: image has no label file {label_dir / (n + '.txt')}" for n in images if n not in labels]
-        unpaired += [f"{labels[n]}: label file has no image in {image_dir} (only part of the images downloaded?)"
-                     for n in labels if n not in images]
+        problems: list[str] = []
+        images = files_by_key(image_dir, IMAGE_SUFFIXES, stem, problems=problems, what="image", key_word="stem")
+        labels = files_by_key(label_dir, (".txt",), stem, problems=problems, what="label file", key_word="stem")
+        pairs, unpaired = pair_by_key(images, labels, mask_word="label file", mask_for=lambda n: label_dir / f"{n}.txt",
+                                      image_for=lambda n: f"in {image_dir} (only part of the images downloaded?)")
+        if problems:  # two files for one scene: refused whatever data.missing says
+            raise ValueError(format_problems(problems, f"{len(problems)} problem(s) in dota data at {self.root}:"))
         return pairs, unpaired
 
     def _source_fingerprint(self, pairs: list[tuple[str, Path, Path]]) -> str:

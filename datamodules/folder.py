@@ -32,9 +32,9 @@ import numpy as np
 
 from segkit.data.class_stats import count_pixels
 from segkit.data.datamodule import Item, Scan, SegmentationDataModule, default_class_names
-from segkit.data.datasets import MaskValues
-from segkit.data.io import list_files
-from segkit.data.splits import group_split, read_name_list
+from segkit.data.datasets import MaskValues, label_count
+from segkit.data.pairing import files_by_key, pair_by_key, stem
+from segkit.data.splits import read_name_list
 
 __all__ = ["FolderDataModule"]
 
@@ -65,6 +65,11 @@ class FolderDataModule(SegmentationDataModule):
     """
 
     kind = "folder"
+    defaults = {
+        "pad_multiple": 32, "normalize": {"normalization": "image"},  # per image: any bit depth, any channel count
+        "augment": {"hflip": {"type": "HorizontalFlip", "p": 0.5}, "vflip": {"type": "VerticalFlip", "p": 0.5},
+                    "rotate90": {"type": "RandomRotate90", "p": 0.5}},
+    }
 
     def __init__(
         self,
@@ -89,7 +94,7 @@ class FolderDataModule(SegmentationDataModule):
             raise ValueError(f"data.split must be one of {', '.join(SPLITS)}, got {split!r}")
         if "{stem}" not in mask_pattern:
             raise ValueError(f"data.mask_pattern must contain {{stem}} (e.g. '{{stem}}_mask'), got {mask_pattern!r}")
-        n_labels = max(num_classes, 2)
+        n_labels = label_count(num_classes)
         if mask_encoding == "rgb":
             if not palette or any(len(colour) != 3 for colour in palette):
                 raise ValueError("data.mask_encoding=rgb needs data.palette: one [r, g, b] per class, in class order")
@@ -134,33 +139,19 @@ class FolderDataModule(SegmentationDataModule):
 
     def _pair(self, image_dir: Path, mask_dir: Path, group: str, problems: list[str], missing: list[str]) -> list[Item]:
         self.require_paths(image_dir, mask_dir)
-        images: dict[str, Path] = {}
-        for path in list_files(image_dir, IMAGE_SUFFIXES):
-            if path.stem in images:
-                problems.append(f"{path}: two images with the stem {path.stem!r} ({images[path.stem].name} too)")
-                continue
-            images[path.stem] = path
+        images = files_by_key(image_dir, IMAGE_SUFFIXES, stem, problems=problems, what="image", key_word="stem")
         pattern = self._mask_stem_regex()
-        masks: dict[str, Path] = {}
-        for path in list_files(mask_dir, MASK_SUFFIXES):
-            match = pattern.match(path.stem)
-            if match is None:
-                problems.append(f"{path}: mask name does not follow data.mask_pattern {self.mask_pattern!r}")
-                continue
-            stem = match.group("stem")
-            if stem in masks:
-                problems.append(f"{path}: two masks for the image stem {stem!r} ({masks[stem].name} too)")
-                continue
-            masks[stem] = path
+        masks = files_by_key(mask_dir, MASK_SUFFIXES, lambda p: (m := pattern.match(p.stem)) and m.group("stem"),
+                             problems=problems, what="mask", key_word="image stem",
+                             bad_name=f"mask name does not follow data.mask_pattern {self.mask_pattern!r}")
         expected = self.mask_pattern.replace("{stem}", "{}")
-        missing += [
-            f"{images[s]}: image has no mask (looked for {mask_dir / expected.format(s)}.<{'|'.join(x[1:] for x in MASK_SUFFIXES)}>)"
-            for s in images if s not in masks
-        ]
-        missing += [f"{masks[s]}: mask has no image {image_dir / s}.<{'|'.join(x[1:] for x in IMAGE_SUFFIXES)}>"
-                     for s in masks if s not in images]
+        pairs, unpaired = pair_by_key(
+            images, masks, mask_for=lambda k: f"(looked for {mask_dir / expected.format(k)}.<{'|'.join(x[1:] for x in MASK_SUFFIXES)}>)",
+            image_for=lambda k: f"{image_dir / k}.<{'|'.join(x[1:] for x in IMAGE_SUFFIXES)}>")
+        missing += unpaired
         prefix = f"{group}/" if self.split_mode == "folders" else ""
-        return [Item(prefix + s, images[s], masks[s], group=group) for s in images if s in masks]
+        # the split group: the folder (train/, val/) with split=folders, else each image itself
+        return [Item(prefix + k, image, mask, group=group or prefix + k) for k, image, mask in pairs]
 
     def scan(self) -> Scan:
         problems: list[str] = []
@@ -170,7 +161,7 @@ class FolderDataModule(SegmentationDataModule):
             for part in (self.train_dir, self.val_dir):
                 items += self._pair(self.root / part / self.images_dir, self.root / part / self.masks_dir, part, problems, missing)
         else:
-            items = self._pair(self.root / self.images_dir, self.root / self.masks_dir, "all", problems, missing)
+            items = self._pair(self.root / self.images_dir, self.root / self.masks_dir, "", problems, missing)
         return Scan(items, problems, missing)
 
     def has_validation(self) -> bool:
@@ -184,7 +175,7 @@ class FolderDataModule(SegmentationDataModule):
 
     def mask_values(self) -> MaskValues:
         return MaskValues(
-            n_labels=max(self.num_classes, 2), ignore_index=self.ignore_index,
+            n_labels=label_count(self.num_classes), ignore_index=self.ignore_index,
             scale_255=self.mask_encoding == "binary", palette=self.palette if self.mask_encoding == "rgb" else None,
             binary_hint="binary masks stored as 0 / 255 are read with data.mask_encoding=binary",
         )
@@ -195,7 +186,7 @@ class FolderDataModule(SegmentationDataModule):
             return ([n for n, i in enumerate(items) if i.group == self.train_dir],
                     [n for n, i in enumerate(items) if i.group == self.val_dir])
         if self.split_mode == "ratio":
-            return group_split([i.name for i in items], [i.name for i in items], self.val_fraction, self.seed)
+            return super().split(items)
         source = "data.val_list"
         if isinstance(self.val_list, str):
             source = self.val_list
@@ -215,7 +206,7 @@ class FolderDataModule(SegmentationDataModule):
         with a warning when the classes found disagree with ``num_classes``."""
         scan = self._scan or self.scan()
         dataset = self.raw_dataset(scan.items)
-        n_labels = max(self.num_classes, 2)
+        n_labels = label_count(self.num_classes)
         counts = np.zeros(n_labels, dtype=np.int64)
         ignored = unreadable = 0
         for index in range(len(dataset)):

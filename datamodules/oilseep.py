@@ -11,32 +11,20 @@ The split keeps each scene on one side: a name's part before its first dot
 (``041869`` of ``041869.000043.tif``) names the SAR scene, whose tiles are neighbours
 and would leak across a tile-by-tile split.
 Normalisation: a fixed range (``normalize.max_pixel_value: 65535``), per-image min-max
-(``normalize.normalization: min_max``), or the training split's mean/std computed by
-``segkit-prepare`` (``normalize.mean: dataset``, ``normalize.std: dataset``).
+(``normalize.normalization: min_max``), or the training split's mean/std, which
+``segkit-prepare`` computes (``normalize.mean: dataset``, ``normalize.std: dataset``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from segkit.data.class_stats import IMAGE_STATS_FILE
 from segkit.data.datamodule import Item, Scan, SegmentationDataModule
-from segkit.data.io import list_files, read_image, write_json_atomic
+from segkit.data.pairing import files_by_key, pair_by_key
 
-__all__ = ["OilSeepDataModule", "pair_by_name"]
+__all__ = ["OilSeepDataModule"]
 
-
-def pair_by_name(image_dir: Path, mask_dir: Path, suffixes: tuple[str, ...]) -> tuple[list[tuple[str, Path, Path]], list[str]]:
-    """Pair ``image_dir/<name>`` with ``mask_dir/<name>``; every unpaired file (hidden files left out)."""
-    images = {p.name: p for p in list_files(image_dir, suffixes)}
-    masks = {p.name: p for p in list_files(mask_dir, suffixes)}
-    pairs = [(name, images[name], masks[name]) for name in images if name in masks]
-    unpaired = [f"{images[n]}: image has no mask {mask_dir / n}" for n in images if n not in masks]
-    unpaired += [f"{masks[n]}: mask has no image {image_dir / n}" for n in masks if n not in images]
-    return pairs, unpaired
+TIFF = (".tif", ".tiff")
 
 
 class OilSeepDataModule(SegmentationDataModule):
@@ -53,18 +41,18 @@ class OilSeepDataModule(SegmentationDataModule):
     group_name = "scene"
     image_dtype = "uint16"
     default_class_names = ("background", "seep1", "seep2", "seep3", "seep4", "seep5", "seep6", "seep7")
+    defaults = {
+        "num_classes": 8, "in_channels": 1, "batch_size": 16,
+        "normalize": {"mean": [0.0], "std": [1.0], "max_pixel_value": 65535.0},  # the fixed range x / 65535
+        # only 180 degree rotation and horizontal flip, as the oil-seep project: random h and v
+        # flips at p=0.5 give exactly that group {id, hflip, 180 = h+v, vflip = 180 + hflip}
+        "augment": {"hflip": {"type": "HorizontalFlip", "p": 0.5}, "vflip": {"type": "VerticalFlip", "p": 0.5}},
+    }
+    prepares_image_stats = True  # segkit-prepare always writes the training split's mean/std
 
-    def __init__(
-        self,
-        root: str | None = None,
-        images_dir: str = "train_images_256",
-        masks_dir: str = "train_masks_256",
-        num_classes: int = 8,
-        in_channels: int = 1,
-        val_fraction: float = 0.2,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(root=root, num_classes=num_classes, in_channels=in_channels, val_fraction=val_fraction, **kwargs)
+    def __init__(self, root: str | None = None, images_dir: str = "train_images_256",
+                 masks_dir: str = "train_masks_256", **kwargs: Any) -> None:
+        super().__init__(root=root, **kwargs)
         self.images_dir = images_dir
         self.masks_dir = masks_dir
 
@@ -74,32 +62,7 @@ class OilSeepDataModule(SegmentationDataModule):
     def scan(self) -> Scan:
         image_dir, mask_dir = self.root / self.images_dir, self.root / self.masks_dir
         self.require_paths(image_dir, mask_dir)
-        pairs, unpaired = pair_by_name(image_dir, mask_dir, (".tif", ".tiff"))
-        return Scan([Item(name, image, mask, group=name.split(".")[0]) for name, image, mask in pairs], missing=unpaired)
-
-    def prepare_dataset(self) -> list[str]:
-        """Mean and std of the training images (in units of 65535), for ``normalize.mean: dataset``."""
-        path = self.work_dir / IMAGE_STATS_FILE
-        fingerprint = self.fingerprint()
-        if path.is_file():
-            import json
-
-            if json.loads(path.read_text()).get("fingerprint") == fingerprint:
-                return [f"image statistics {path} are up to date"]
-        items = self.items()
-        train_idx, _ = self.split(items)
-        total = np.zeros(self.in_channels)
-        total_sq = np.zeros(self.in_channels)
-        count = 0
-        for i in train_idx:
-            image = read_image(items[i].image, self.max_image_pixels).astype(np.float64) / 65535.0
-            flat = image.reshape(-1, image.shape[2])
-            total += flat.sum(axis=0)
-            total_sq += (flat**2).sum(axis=0)
-            count += flat.shape[0]
-        mean = total / count
-        std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-        std = np.where(std > 1e-6, std, 1.0)  # constant images: no division by zero
-        write_json_atomic(path, {"mean": mean.tolist(), "std": std.tolist(), "max_pixel_value": 65535.0,
-                                 "images": len(train_idx), "fingerprint": fingerprint})
-        return [f"image statistics of {len(train_idx)} training images written to {path}"]
+        problems: list[str] = []
+        images, masks = (files_by_key(folder, TIFF, problems=problems) for folder in (image_dir, mask_dir))
+        pairs, missing = pair_by_key(images, masks, mask_for=lambda n: mask_dir / n, image_for=lambda n: image_dir / n)
+        return Scan([Item(n, image, mask, group=n.split(".")[0]) for n, image, mask in pairs], problems, missing)

@@ -114,6 +114,7 @@ class SyntheticDataModule(AirbusDataModule):
     """
 
     kind = "synthetic"
+    defaults = {**AirbusDataModule.defaults, "image_size": 128, "batch_size": 16, "num_workers": 0, "val_fraction": 0.2}
 
     def __init__(
         self,
@@ -123,6 +124,8 @@ class SyntheticDataModule(AirbusDataModule):
         ship_fraction: float = 0.7,
         max_ships: int = 4,
         generator_seed: int = 0,
+        background_ratio: float = 0.3,
+        val_background_ratio: float = 1.0,
         **kwargs: Any,
     ) -> None:
         self.generator = {
@@ -134,7 +137,7 @@ class SyntheticDataModule(AirbusDataModule):
         }
         if root is None:
             root = str(default_cache_dir("synthetic-data", json.dumps(self.generator, sort_keys=True)))
-        super().__init__(root=root, **kwargs)
+        super().__init__(root=root, background_ratio=background_ratio, val_background_ratio=val_background_ratio, **kwargs)
 
     def require_root(self) -> Path:
         write_synthetic_airbus(self.root, **self.generator)  # once; later calls return at once

@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from segkit.data.class_stats import count_pixels, write_class_stats
+from segkit.data.datasets import label_count
 
 __all__ = ["format_class_stats", "group_problems", "plot_class_distribution", "run_check", "run_prepare"]
 
@@ -32,7 +33,7 @@ def run_prepare(cfg: DictConfig) -> dict[str, Any]:
         problems = run_check(datamodule)
         return {"problems": problems}
     datamodule.require_work_dir()
-    messages = list(datamodule.prepare_dataset())
+    messages = datamodule.prepare()
     datamodule.setup("fit")
     stats, message = _class_stats(datamodule)
     messages.append(message)
@@ -83,7 +84,7 @@ def group_problems(problems: list[str], at_least: int = 4) -> list[str]:
 
 def _class_stats(datamodule: Any) -> tuple[dict[str, Any], str]:
     dataset = datamodule.train_dataset
-    n_labels = max(datamodule.num_classes, 2)
+    n_labels = label_count(datamodule.num_classes)
     fingerprint = hashlib.sha1(
         "\n".join([datamodule.fingerprint(), str(n_labels), str(datamodule.ignore_index), *dataset.names]).encode()
     ).hexdigest()

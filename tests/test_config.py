@@ -1,22 +1,20 @@
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf
 
 from segkit.models import count_parameters
 from segkit.stage import build_module
+from tests.helpers import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
-DATASETS = sorted(p.stem for p in (REPO / "conf" / "dataset").glob("*.yaml"))
+DATASETS = sorted(p.stem for p in (REPO / "conf" / "dataset").glob("*.yaml") if not p.stem.startswith("_"))
 MODELS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
-
-
-def compose_train(overrides):
-    with initialize_config_module(config_module="segkit.conf", version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+compose_train = partial(compose_config, "train")
 
 
 def test_groups_are_there():
@@ -91,6 +89,27 @@ def _python_defaults(factory):
 
     target = factory.__init__ if inspect.isclass(factory) else factory
     return {n: p.default for n, p in inspect.signature(target).parameters.items() if p.default is not p.empty}
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_dataset_yaml_equals_the_python_defaults(dataset):
+    """``segkit-train dataset=X`` and ``XDataModule(root=...)`` in Python get the same settings:
+    the YAML (from ``_base.yaml``) against the base defaults, the class's ``defaults`` and its
+    own arguments' defaults."""
+    from segkit.data.datamodule import BASE_DEFAULTS, SegmentationDataModule
+
+    data = compose_train([f"dataset={dataset}"]).data
+    cls = get_class(data._target_)
+    python = dict(BASE_DEFAULTS)
+    for klass in reversed(cls.__mro__):  # own arguments of every class from the base down
+        if issubclass(klass, SegmentationDataModule) and "__init__" in vars(klass) and klass is not SegmentationDataModule:
+            python.update(_python_defaults(klass))
+    python.update(cls.defaults)
+    yaml_settings = {k: v for k, v in OmegaConf.to_container(data, resolve=True).items() if k != "_target_"}
+    assert yaml_settings.keys() == python.keys(), f"{dataset}: YAML and Python name different settings"
+    for key, value in yaml_settings.items():
+        expected = list(python[key]) if isinstance(python[key], tuple) else python[key]
+        assert value == expected, f"conf/dataset/{dataset}.yaml: {key} is {value!r} in YAML, {expected!r} in Python"
 
 
 @pytest.mark.parametrize("group", ["loss", "model"])

@@ -1,4 +1,5 @@
 import json
+from functools import partial
 
 import numpy as np
 import pytest
@@ -7,14 +8,9 @@ import tifffile
 from datamodules.oilseep import OilSeepDataModule
 from tests.conftest import realdata
 from tests.fixtures.oilseep import write_oilseep
-from tests.helpers import assert_augmentation_keeps_alignment, assert_samples, model_sample
+from tests.helpers import assert_augmentation_keeps_alignment, assert_samples, make_datamodule, model_sample
 
-FIXED = {"mean": [0.0], "std": [1.0], "max_pixel_value": 65535.0}
-
-
-def make_dm(root, tmp_path, **kwargs):
-    settings = dict(batch_size=2, num_workers=0, cache_dir=str(tmp_path / "work"), normalize=FIXED)
-    return OilSeepDataModule(root=str(root), **{**settings, **kwargs})
+make_dm = partial(make_datamodule, "oilseep")  # normalize: the fixed range x / 65535
 
 
 def test_uint16_images_and_multiclass_masks(tmp_path):
@@ -37,8 +33,8 @@ def test_dataset_statistics_normalisation(tmp_path):
     dm = make_dm(tmp_path / "o", tmp_path, normalize={"mean": "dataset", "std": "dataset", "max_pixel_value": 65535.0})
     with pytest.raises(FileNotFoundError, match="image_stats.json, which does not exist yet.*segkit-prepare"):
         dm.setup("fit")
-    messages = dm.prepare_dataset()
-    assert "written" in messages[0] and "up to date" in dm.prepare_dataset()[0]  # idempotent
+    messages = dm.prepare()
+    assert "written" in messages[0] and "up to date" in dm.prepare()[0]  # idempotent
     stats = json.loads((tmp_path / "work" / "image_stats.json").read_text())
     dm.setup("fit")
     pixels = np.concatenate([tifffile.imread(p).ravel() / 65535.0 for p in dm.train_dataset.image_paths])
@@ -54,7 +50,7 @@ def test_constant_images_do_not_divide_by_zero(tmp_path):
     for path in (tmp_path / "o" / "train_images_256").glob("*.tif"):
         tifffile.imwrite(path, np.full((32, 32), 1234, np.uint16))
     stats_dm = make_dm(tmp_path / "o", tmp_path, normalize={"mean": "dataset", "std": "dataset", "max_pixel_value": 65535.0})
-    stats_dm.prepare_dataset()
+    stats_dm.prepare()
     stats_dm.setup("fit")
     assert np.isfinite(model_sample(stats_dm, stats_dm.train_dataset, 0)["image"].numpy()).all()
     per_image = make_dm(tmp_path / "o", tmp_path / "p", normalize={"normalization": "min_max"})
@@ -63,9 +59,9 @@ def test_constant_images_do_not_divide_by_zero(tmp_path):
 
 
 def test_augmentation_keeps_image_and_mask_aligned():
-    assert_augmentation_keeps_alignment(OilSeepDataModule(
-        in_channels=1, augment={"h": {"type": "HorizontalFlip", "p": 0.5}, "v": {"type": "VerticalFlip", "p": 0.5}}),
-        tolerance=0.0)
+    dm = OilSeepDataModule()  # deliberately the dataset's own augmentations (h and v flips)
+    assert dm.augment == OilSeepDataModule.defaults["augment"] and dm.in_channels == 1
+    assert_augmentation_keeps_alignment(dm, tolerance=0.0)
 
 
 def test_bad_input_is_named(tmp_path):

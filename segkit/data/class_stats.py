@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,7 @@ __all__ = [
     "CLASS_STATS_FILE",
     "IMAGE_STATS_FILE",
     "count_pixels",
+    "image_stats",
     "inverse_frequency_weights",
     "read_class_weights",
     "read_image_stats",
@@ -80,6 +82,24 @@ def write_class_stats(
     }
     write_json_atomic(path, payload)
     return payload
+
+
+def image_stats(images: Iterable[np.ndarray], max_pixel_value: float) -> dict[str, Any]:
+    """Per-channel ``mean`` and ``std`` over every pixel of ``images`` (``(H, W, C)`` arrays), in
+    units of ``max_pixel_value``, as ``normalize`` takes them; a constant channel gets std 1."""
+    total = total_sq = None
+    count = 0
+    for image in images:
+        flat = image.reshape(-1, image.shape[-1]).astype(np.float64) / max_pixel_value
+        total = flat.sum(axis=0) + (0 if total is None else total)
+        total_sq = (flat**2).sum(axis=0) + (0 if total_sq is None else total_sq)
+        count += flat.shape[0]
+    if total is None:
+        raise ValueError("no images to compute statistics over")
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    std = np.where(std > 1e-6, std, 1.0)  # constant images: no division by zero
+    return {"mean": mean.tolist(), "std": std.tolist(), "max_pixel_value": float(max_pixel_value)}
 
 
 def read_image_stats(work_dir: str | os.PathLike, channels: int) -> dict[str, list[float]]:

@@ -10,13 +10,15 @@ files (caches, patches, statistics) in a work folder outside the user's data.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
@@ -24,16 +26,17 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from segkit.data.cache import default_cache_dir
-from segkit.data.class_stats import CLASS_STATS_FILE
-from segkit.data.datasets import BAD_FILE_POLICIES, ImageMaskDataset, ImageSpec, MaskValues
-from segkit.data.io import DEFAULT_MAX_IMAGE_PIXELS, require_writable
+from segkit.data.checks import FileChecks
+from segkit.data.class_stats import CLASS_STATS_FILE, IMAGE_STATS_FILE, image_stats
+from segkit.data.datasets import BAD_FILE_POLICIES, ImageMaskDataset, ImageSpec, MaskValues, label_count
+from segkit.data.io import DEFAULT_MAX_IMAGE_PIXELS, require_writable, write_json_atomic
 from segkit.data.normalize import Normalizer
 from segkit.data.sampling import EpochShuffleSampler, ShardSampler
 from segkit.data.splits import group_split
 from segkit.data.transforms import build_pipeline
 from segkit.errors import format_problems
 
-__all__ = ["MISSING_POLICIES", "Item", "Scan", "SegmentationDataModule", "default_class_names"]
+__all__ = ["BASE_DEFAULTS", "DEFAULT", "MISSING_POLICIES", "Item", "Scan", "SegmentationDataModule", "default_class_names"]
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +68,35 @@ class Scan:
 MISSING_POLICIES = ("error", "skip")
 
 
+class _Default:
+    """Marks an argument left out: the dataset's own default applies (``defaults``)."""
+
+    def __repr__(self) -> str:
+        return "<dataset default>"
+
+
+DEFAULT: Any = _Default()
+
+#: the base arguments' defaults; a dataset changes its own in ``defaults``, and its
+#: ``conf/dataset/<name>.yaml`` (from ``conf/dataset/_base.yaml``) says the same
+BASE_DEFAULTS: dict[str, Any] = {
+    "num_classes": 1, "in_channels": 3, "image_size": None, "pad_multiple": None, "batch_size": 8,
+    "num_workers": 2, "pin_memory": None, "val_fraction": 0.2, "seed": 42, "cache_dir": None,
+    "augment": None, "normalize": None, "ignore_index": None, "max_image_pixels": DEFAULT_MAX_IMAGE_PIXELS,
+    "missing": "error", "on_bad_file": "error",
+}
+
+
 def default_class_names(num_classes: int) -> list[str]:
     """``[background, foreground]`` for a binary dataset, ``class0 .. class<K-1>`` otherwise."""
     return ["background", "foreground"] if num_classes == 1 else [f"class{i}" for i in range(num_classes)]
 
 
-class SegmentationDataModule(L.LightningDataModule):
+class SegmentationDataModule(FileChecks, L.LightningDataModule):
     """Base of the dataset modules.
+
+    Every argument but ``root`` left out takes the dataset's own default (its class
+    attribute ``defaults``), else the shared one (:data:`BASE_DEFAULTS`).
 
     Args:
         root: the dataset's folder, as distributed.
@@ -101,50 +126,64 @@ class SegmentationDataModule(L.LightningDataModule):
     kind = "dataset"
     image_dtype: str | None = None
     default_class_names: Sequence[str] | None = None
+    #: this dataset's own defaults of the base arguments (``{"num_classes": 8, ...}``); an
+    #: argument left out takes its value from here, else from :data:`BASE_DEFAULTS`
+    defaults: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(
         self,
         root: str | None = None,
-        num_classes: int = 1,
-        in_channels: int = 3,
-        image_size: int | list[int] | None = None,
-        pad_multiple: int | None = None,
-        batch_size: int = 8,
-        num_workers: int = 2,
-        pin_memory: bool | None = None,
-        val_fraction: float = 0.2,
-        seed: int = 42,
-        cache_dir: str | None = None,
-        augment: Mapping[str, Any] | None = None,
-        normalize: Mapping[str, Any] | None = None,
-        ignore_index: int | None = None,
-        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-        missing: str = "error",
-        on_bad_file: str = "error",
+        num_classes: int = DEFAULT,
+        in_channels: int = DEFAULT,
+        image_size: int | list[int] | None = DEFAULT,
+        pad_multiple: int | None = DEFAULT,
+        batch_size: int = DEFAULT,
+        num_workers: int = DEFAULT,
+        pin_memory: bool | None = DEFAULT,
+        val_fraction: float = DEFAULT,
+        seed: int = DEFAULT,
+        cache_dir: str | None = DEFAULT,
+        augment: Mapping[str, Any] | None = DEFAULT,
+        normalize: Mapping[str, Any] | None = DEFAULT,
+        ignore_index: int | None = DEFAULT,
+        max_image_pixels: int | None = DEFAULT,
+        missing: str = DEFAULT,
+        on_bad_file: str = DEFAULT,
     ) -> None:
-        if missing not in MISSING_POLICIES:
-            raise ValueError(f"data.missing must be one of {', '.join(MISSING_POLICIES)}, got {missing!r}")
-        if on_bad_file not in BAD_FILE_POLICIES:
-            raise ValueError(f"data.on_bad_file must be one of {', '.join(BAD_FILE_POLICIES)}, got {on_bad_file!r}")
+        given = {key: value for key, value in locals().items() if key in BASE_DEFAULTS}
+        settings = {key: copy.deepcopy(self.defaults.get(key, BASE_DEFAULTS[key])) if value is DEFAULT else value
+                    for key, value in given.items()}
+        if settings["missing"] not in MISSING_POLICIES:
+            raise ValueError(f"data.missing must be one of {', '.join(MISSING_POLICIES)}, got {settings['missing']!r}")
+        if settings["on_bad_file"] not in BAD_FILE_POLICIES:
+            raise ValueError(f"data.on_bad_file must be one of {', '.join(BAD_FILE_POLICIES)}, got {settings['on_bad_file']!r}")
+        if self.binary_masks and settings["num_classes"] not in (1, 2):
+            raise ValueError(f"{self.kind} masks are {self.binary_masks}: data.num_classes must be 1 or 2 "
+                             f"(1: sigmoid, 2: softmax), got {settings['num_classes']}")
+        channels = self.defaults.get("in_channels", BASE_DEFAULTS["in_channels"])
+        if self.fixed_in_channels and settings["in_channels"] != channels:
+            raise ValueError(f"{self.kind} images have {channels} channel(s): data.in_channels must be {channels}, "
+                             f"got {settings['in_channels']}")
         super().__init__()
         self.save_hyperparameters()
+        self.hparams.update(settings)  # the values in force, not the DEFAULT marker
         self.root = Path(root) if root is not None else None
-        self.num_classes = num_classes
-        self.in_channels = in_channels
-        self.image_size = image_size
-        self.pad_multiple = pad_multiple
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.val_fraction = val_fraction
-        self.seed = seed
-        self.cache_dir = cache_dir
-        self.augment = augment
-        self.normalize = normalize
-        self.ignore_index = ignore_index
-        self.max_image_pixels = max_image_pixels
-        self.missing = missing
-        self.on_bad_file = on_bad_file
+        self.num_classes: int = settings["num_classes"]
+        self.in_channels: int = settings["in_channels"]
+        self.image_size = settings["image_size"]
+        self.pad_multiple = settings["pad_multiple"]
+        self.batch_size: int = settings["batch_size"]
+        self.num_workers: int = settings["num_workers"]
+        self.pin_memory = torch.cuda.is_available() if settings["pin_memory"] is None else settings["pin_memory"]
+        self.val_fraction: float = settings["val_fraction"]
+        self.seed: int = settings["seed"]
+        self.cache_dir = settings["cache_dir"]
+        self.augment = settings["augment"]
+        self.normalize = settings["normalize"]
+        self.ignore_index = settings["ignore_index"]
+        self.max_image_pixels = settings["max_image_pixels"]
+        self.missing: str = settings["missing"]
+        self.on_bad_file: str = settings["on_bad_file"]
         self.skipped_files: dict[str, str] = {}  # on_bad_file=skip: file -> why, as batches reported them
         self.checked_missing: list[str] = []  # check(): the files without counterpart it found
         self._scan: Scan | None = None
@@ -167,7 +206,7 @@ class SegmentationDataModule(L.LightningDataModule):
         return group_split([i.name for i in items], [i.group for i in items], self.val_fraction, self.seed)
 
     def mask_values(self) -> MaskValues:
-        return MaskValues(n_labels=max(self.num_classes, 2), ignore_index=self.ignore_index)
+        return MaskValues(n_labels=label_count(self.num_classes), ignore_index=self.ignore_index)
 
     def prepare_dataset(self) -> list[str]:
         """One-off preparation (caches, patches...); idempotent; returns what it did."""
@@ -175,6 +214,7 @@ class SegmentationDataModule(L.LightningDataModule):
 
     group_name = "image"  # what the split keeps together (a car, a scene), for messages
     fixed_in_channels = False  # the format allows one channel count only: data.in_channels is no remedy
+    binary_masks: str | None = None  # masks of two values ("ship/no ship"): num_classes 1 or 2 only
 
     def has_validation(self) -> bool:
         """Whether the settings ask for a validation split (``data.val_fraction=0`` does not)."""
@@ -201,7 +241,7 @@ class SegmentationDataModule(L.LightningDataModule):
     # --------------------------------------------------------------- locations
     @property
     def class_names(self) -> list[str]:
-        if self.default_class_names is not None and len(self.default_class_names) == max(self.num_classes, 2):
+        if self.default_class_names is not None and len(self.default_class_names) == label_count(self.num_classes):
             return list(self.default_class_names)
         return default_class_names(self.num_classes)
 
@@ -284,9 +324,39 @@ class SegmentationDataModule(L.LightningDataModule):
             self.work_dir, "set data.cache_dir=<folder> (or the SEGKIT_CACHE environment variable) "
             "to keep segkit's derived files (caches, patches, statistics) elsewhere")
 
+    prepares_image_stats = False  # segkit-prepare writes image_stats.json even when normalize does not ask
+
+    def prepare(self) -> list[str]:
+        """All one-off preparation (``segkit-prepare``, and training's ``prepare_data``): the
+        dataset's own (:meth:`prepare_dataset`), then the training images' mean/std where
+        ``normalize`` asks for them (``mean: dataset``) or the dataset always keeps them."""
+        messages = list(self.prepare_dataset())
+        wants = self.normalize is not None and "dataset" in (self.normalize.get("mean"), self.normalize.get("std"))
+        if self.prepares_image_stats or wants:
+            messages.append(self.prepare_image_stats())
+        return messages
+
+    def prepare_image_stats(self) -> str:
+        """Per-channel mean/std of the training split's images (read as training reads them,
+        in units of ``normalize.max_pixel_value``) → ``image_stats.json``; idempotent."""
+        path = self.work_dir / IMAGE_STATS_FILE
+        items = self.items()
+        train = [items[i] for i in self.split(items)[0]]
+        scale = float((self.normalize or {}).get("max_pixel_value", 255.0))
+        sha = hashlib.sha1(f"{scale}|{self.in_channels}".encode())
+        for item in train:
+            stat = os.stat(item.image)
+            sha.update(f"{item.image}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        if path.is_file() and json.loads(path.read_text()).get("fingerprint") == sha.hexdigest():
+            return f"image statistics {path} are up to date"
+        dataset = self.raw_dataset(train)
+        stats = image_stats((dataset.load_image(i) for i in range(len(dataset))), scale)
+        write_json_atomic(path, {**stats, "images": len(train), "fingerprint": sha.hexdigest()})
+        return f"image statistics of {len(train)} training images written to {path}"
+
     def prepare_data(self) -> None:
         self.require_work_dir()
-        for message in self.prepare_dataset():
+        for message in self.prepare():
             log.info("%s: %s", self.kind, message)
 
     def resolved_normalize(self) -> Mapping[str, Any] | None:
@@ -385,75 +455,6 @@ class SegmentationDataModule(L.LightningDataModule):
                 f"{self.kind} data at {self.root}: the training epoch is empty — {len(train)} training image(s), "
                 f"none drawn ({self.empty_epoch_hint()})"
             )
-
-    setup_sample_size = 8
-
-    def check_sample(self, items: Sequence[Item]) -> None:
-        """Decode a spread sample of ``setup_sample_size`` items (image, mask, pairing, dtype,
-        channels, sizes, mask values) and raise with every problem found — seconds at setup
-        instead of a crash hours into training. ``segkit-prepare check=true`` reads them all."""
-        if not items:
-            return
-        count = min(self.setup_sample_size, len(items))
-        picks = sorted({round(i * (len(items) - 1) / max(count - 1, 1)) for i in range(count)})
-        self._note_gray_images([items[i].image for i in picks])
-        problems = self._load_problems([items[i] for i in picks])
-        if not problems:
-            return
-        head = f"{len(problems)} of {len(picks)} sampled {self.kind} images at {self.root} cannot be used:"
-        listing = f"segkit-prepare dataset={self.kind} data.root={self.root} check=true lists every problem of every file"
-        if self.on_bad_file == "skip" and len(problems) < len(picks):
-            log.warning("%s", format_problems(problems, head, tail=f"data.on_bad_file=skip: such files are skipped ({listing})"))
-            return
-        raise ValueError(format_problems(problems, head, tail=(
-            f"Fix or remove them; data.on_bad_file=skip trains without such files. ({listing})"
-            if len(problems) < len(picks) else f"({listing})")))
-
-    def _note_gray_images(self, paths: Sequence[Path]) -> None:
-        """Say so when every sampled image is grayscale but the model is to take RGB: each is
-        copied into three channels (lossless, but three times the input for one band's worth)."""
-        if self.in_channels != 3 or self.fixed_in_channels:
-            return
-        from PIL import Image
-
-        try:
-            modes = set()
-            for path in paths:
-                with Image.open(path) as im:
-                    modes.add(im.mode)
-        except Exception:  # noqa: BLE001 — unreadable files are reported by the checks
-            return
-        if modes and modes <= {"L", "I", "I;16", "I;16B", "I;16L", "F"}:
-            log.warning("the sampled images are grayscale but data.in_channels=3: each is copied into 3 channels; "
-                        "data.in_channels=1 trains a model on the one channel they have")
-
-    def check(self) -> list[str]:
-        """Every problem of every file (pairing, decoding, size, dtype, mask values), none raised."""
-        try:
-            self.require_root()
-            scan = self._scan or self.scan()
-        except (ValueError, FileNotFoundError) as err:
-            return [str(err)]
-        self._scan = scan
-        self.checked_missing = list(scan.missing)
-        missing = scan.missing if self.missing == "error" else []
-        return list(scan.problems) + list(missing) + self._load_problems(scan.items, progress=True)
-
-    def _load_problems(self, items: Sequence[Item], progress: bool = False) -> list[str]:
-        """Decode every item as stored (image, mask, their checks); the message of each failure."""
-        dataset = self.raw_dataset(items)
-        indices = range(len(dataset))
-        if progress:
-            from tqdm.auto import tqdm
-
-            indices = tqdm(indices, desc=f"checking {self.kind}", unit="img")
-        problems = []
-        for index in indices:
-            try:
-                dataset.load(index)
-            except (ValueError, OSError) as err:
-                problems.append(str(err))
-        return problems
 
     # ------------------------------------------------------------- dataloaders
     def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:

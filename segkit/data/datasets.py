@@ -15,7 +15,13 @@ from segkit.data.io import DEFAULT_MAX_IMAGE_PIXELS, conform_channels, image_siz
 from segkit.data.transforms import to_sample
 from segkit.errors import DataFileError
 
-__all__ = ["BAD_FILE_POLICIES", "ImageMaskDataset", "ImageSpec", "MaskValues"]
+__all__ = ["BAD_FILE_POLICIES", "ImageMaskDataset", "ImageSpec", "MaskValues", "label_count"]
+
+
+def label_count(num_classes: int) -> int:
+    """How many values a mask holds for a model of ``num_classes`` outputs: a binary model
+    (1 output, sigmoid) still has two labels, background and foreground."""
+    return max(int(num_classes), 2)
 
 BAD_FILE_POLICIES = ("error", "skip")
 # data.on_bad_file=skip gives up after this many unreadable items in a row: a folder that
@@ -41,7 +47,8 @@ class ImageSpec:
         if self.dtype is not None and image.dtype != np.dtype(self.dtype):
             bits = {np.dtype("uint8"): "8-bit", np.dtype("uint16"): "16-bit"}
             found = bits.get(image.dtype, str(image.dtype))
-            raise ValueError(f"{path}: image is {found} ({image.dtype}), the dataset expects {bits.get(np.dtype(self.dtype), self.dtype)} ({self.dtype})")
+            expected = bits.get(np.dtype(self.dtype), self.dtype)
+            raise ValueError(f"{path}: image is {found} ({image.dtype}), the dataset expects {expected} ({self.dtype})")
         return image
 
 
@@ -86,7 +93,7 @@ class MaskValues:
         high = max(self.n_labels - 1, self.ignore_index if self.ignore_index is not None else 0)
         if low >= 0 and high <= 255:
             return np.uint8
-        if -(2**15) <= low and high < 2**15:
+        if low >= -(2**15) and high < 2**15:
             return np.int16
         return np.int64
 

@@ -20,6 +20,9 @@ import torch
 
 __all__ = ["Normalizer"]
 
+#: ImageNet statistics (what pretrained encoders expect), in albumentations ``Normalize`` form
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "max_pixel_value": 255.0}
+
 _EPS = 1e-4  # albucore's
 _CLIP = 20.0  # albucore clips per-image normalised values to [-20, 20]
 _MODES = ("standard", "image", "image_per_channel", "min_max", "min_max_per_channel")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from segkit.data.cache import MaskCache, file_sha256
 from segkit.data.io import DEFAULT_MAX_IMAGE_PIXELS, image_size
 from segkit.data.rle import rle_decode_many
 
-__all__ = ["RleTable", "cache_rle_masks", "read_rle_csv"]
+__all__ = ["RleCsvMasks", "RleTable", "cache_rle_masks", "read_rle_csv"]
 
 
 @dataclass(frozen=True)
@@ -150,3 +151,48 @@ def cache_rle_masks(
         return cache, 0
     written = cache.build(sorted(images), lambda key: table.decode(key, image_size(images[key], max_pixels), order))
     return cache, written
+
+
+class RleCsvMasks:
+    """The part of a datamodule whose masks are RLE rows of a CSV (Airbus, Carvana).
+
+    The table is read once (:meth:`rle_table`, from the subclass's :meth:`read_rle_table`);
+    checks and evaluation decode rows straight from it (:meth:`rle_decoder`), so they need
+    no cache; training reads PNG masks decoded once into the work folder (:meth:`mask_cache`).
+    The datamodule sets ``csv_file`` and ``rle_order`` (``"F"``: column-major, Airbus;
+    ``"C"``: row-major, Carvana).
+    """
+
+    csv_file: str
+    rle_order: str
+    _rle: RleTable | None = None
+    _cache: MaskCache | None = None
+    _cache_written = 0
+
+    @property
+    def csv_path(self) -> Path:
+        return self.root / self.csv_file
+
+    def read_rle_table(self) -> RleTable:
+        raise NotImplementedError
+
+    def rle_table(self) -> RleTable:
+        """The CSV's RLE rows, read once."""
+        if self._rle is None:
+            self._rle = self.read_rle_table()
+        return self._rle
+
+    def rle_decoder(self) -> Callable[[str, tuple[int, int]], np.ndarray]:
+        """``decoder(image_id, shape) -> mask`` from the CSV's rows."""
+        return functools.partial(self.rle_table().decode, order=self.rle_order)
+
+    def mask_cache(self, images: Mapping[str, Path]) -> MaskCache:
+        """The PNG masks of ``images`` (id → image file) decoded from the CSV, built or
+        completed once per instance; :meth:`describe_cache` says what that did."""
+        if self._cache is None:
+            self._cache, self._cache_written = cache_rle_masks(
+                self.rle_table(), self.work_dir / "masks", images, self.rle_order, self.max_image_pixels)
+        return self._cache
+
+    def describe_cache(self) -> str:
+        return self._cache.describe(self._cache_written)
