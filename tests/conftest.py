@@ -10,6 +10,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
 
 from bench.common import REALDATA  # noqa: E402 — ../shared/realdata, or $SEGKIT_REALDATA
+from tests.helpers import TINY_TRAIN, run_segkit  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -25,16 +26,11 @@ def realdata(subdir: str) -> Path:
     return path
 
 
-TINY_TRAIN = ["data.num_images=16", "data.size=64", "data.image_size=64", "data.batch_size=4"]
-
-
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory of ``segkit-train`` on the synthetic data (two steps): its checkpoints
     carry everything prediction, evaluation and export need; its console output is in
     ``stdout.txt`` beside it."""
-    from tests.helpers import run_segkit
-
     work = tmp_path_factory.mktemp("trained")
     result = run_segkit("segkit-train", "trainer.fast_dev_run=2", f"hydra.run.dir={work / 'run'}", *TINY_TRAIN, cwd=work)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,4 +1,5 @@
-"""Shared assertions for the dataset tests."""
+"""The tests' shared harness: datamodules built from the fixture registry, the tiny CLI
+run's overrides, config composition, console scripts and shared assertions."""
 
 from __future__ import annotations
 
@@ -6,9 +7,44 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+#: the synthetic data of a tiny CLI run (16 images of 64 px, trained at 64 px)
+TINY_DATA = ["data.num_images=16", "data.size=64", "data.image_size=64"]
+#: the overrides of a tiny ``segkit-train`` run; add a file's own locally: ``[*TINY_TRAIN, "data.num_workers=0"]``
+TINY_TRAIN = [*TINY_DATA, "data.batch_size=4"]
+
+#: what every datamodule a test builds has, before the registry's settings and the test's own:
+#: samples as stored (no random augmentation; a test that wants the dataset's augmentations
+#: says so with ``augment=DEFAULT`` or a spec) and loading in the test's own process
+TEST_SETTINGS: dict[str, Any] = {"augment": None, "num_workers": 0}
+
+
+def datamodule_settings(dataset: str, tmp_path, **overrides) -> dict[str, Any]:
+    """The arguments :func:`make_datamodule` gives (all but ``root``): :data:`TEST_SETTINGS`,
+    derived files in ``tmp_path/work``, then the registry's settings for ``dataset``, then ``overrides``."""
+    from tests.fixtures.registry import DATASETS
+
+    return {**TEST_SETTINGS, "cache_dir": str(Path(tmp_path) / "work"), **DATASETS[dataset].settings, **overrides}
+
+
+def make_datamodule(dataset: str, root, tmp_path, **overrides):
+    """The ``dataset`` datamodule (a name of ``tests.fixtures.registry.DATASETS``) on the data
+    at ``root`` with :func:`datamodule_settings`. A test file may alias it:
+    ``make_dm = partial(make_datamodule, "oilseep")``."""
+    from tests.fixtures.registry import DATASETS
+
+    return DATASETS[dataset].datamodule(root=str(root), **datamodule_settings(dataset, tmp_path, **overrides))
+
+
+def write_fixture(dataset: str, root, **kwargs):
+    """Write ``dataset``'s tiny fixture below ``root``; returns what its writer returns."""
+    from tests.fixtures.registry import DATASETS
+
+    return DATASETS[dataset].write(Path(root), **kwargs)
 
 
 def segkit_command(name: str, *args: str) -> list[str]:
@@ -58,12 +94,13 @@ def assert_augmentation_keeps_alignment(datamodule, tolerance: float = 0.02, rou
         assert out["mask"].any()
 
 
-def compose_config(name: str, overrides: list[str]):
-    """The composed Hydra config ``name`` (train, predict, eval, export) with ``overrides``."""
+def compose_config(name: str, overrides: list[str] = (), **kwargs):
+    """The composed Hydra config ``name`` (train, prepare, predict, eval, export) with
+    ``overrides``; ``kwargs`` go to ``hydra.compose`` (``return_hydra_config=True``)."""
     from hydra import compose, initialize_config_module
 
     with initialize_config_module(config_module="segkit.conf", version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
+        return compose(config_name=name, overrides=list(overrides), **kwargs)
 
 
 def conv1x1_module(channels: int = 3, classes: int = 1, seed: int = 0, **hparams):

@@ -1,5 +1,6 @@
 import os
 import shutil
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,7 @@ from datamodules.airbus import AirbusDataModule, read_airbus_csv
 from tests.conftest import realdata
 from tests.fixtures.airbus import write_airbus
 from tests.fixtures.reference import naive_rle_decode
-from tests.helpers import model_sample
+from tests.helpers import make_datamodule, model_sample
 
 
 @pytest.fixture()
@@ -18,10 +19,7 @@ def airbus(tmp_path):
     return write_airbus(tmp_path / "airbus")
 
 
-def make_dm(root, tmp_path, **kwargs):
-    defaults = dict(image_size=None, batch_size=4, num_workers=0, cache_dir=str(tmp_path / "cache"), normalize=None)
-    defaults.update(kwargs)
-    return AirbusDataModule(root=str(root), **defaults)
+make_dm = partial(make_datamodule, "airbus")
 
 
 def test_samples_have_the_promised_shapes_dtypes_and_masks(airbus, tmp_path):
@@ -35,7 +33,7 @@ def test_samples_have_the_promised_shapes_dtypes_and_masks(airbus, tmp_path):
             assert raw["mask"].dtype == torch.uint8 and raw["mask"].shape == (64, 64)
             sample = model_sample(dm, dataset, i)  # as the model gets it
             assert sample["image"].dtype == torch.float32 and sample["image"].shape == (3, 64, 64)
-            assert 0.0 <= float(sample["image"].min()) and float(sample["image"].max()) <= 1.0
+            assert float(sample["image"].min()) >= 0.0 and float(sample["image"].max()) <= 1.0
             np.testing.assert_allclose(sample["image"].numpy(), raw["image"].numpy().transpose(2, 0, 1) / 255.0, rtol=1e-6)
             assert sample["mask"].dtype == torch.int64 and sample["mask"].shape == (64, 64)
             np.testing.assert_array_equal(sample["mask"].numpy(), airbus.mask(sample["name"]))
@@ -102,7 +100,7 @@ def test_split_is_deterministic_stratified_and_row_order_free(airbus, tmp_path):
 def test_mask_cache_is_reused_and_rebuilt_when_the_csv_changes(airbus, tmp_path):
     dm = make_dm(airbus.root, tmp_path)
     dm.prepare_data()
-    cache_files = sorted((tmp_path / "cache" / "masks").glob("*.png"))
+    cache_files = sorted((tmp_path / "work" / "masks").glob("*.png"))
     assert len(cache_files) == 12  # one per ship image, none for background
     mtimes = [f.stat().st_mtime_ns for f in cache_files]
     make_dm(airbus.root, tmp_path).prepare_data()
@@ -123,13 +121,13 @@ def test_mask_cache_is_reused_and_rebuilt_when_the_csv_changes(airbus, tmp_path)
 def test_interrupted_cache_build_is_completed(airbus, tmp_path):
     dm = make_dm(airbus.root, tmp_path)
     dm.prepare_data()
-    masks = sorted((tmp_path / "cache" / "masks").glob("*.png"))
-    manifest = tmp_path / "cache" / "masks" / "manifest.json"
+    masks = sorted((tmp_path / "work" / "masks").glob("*.png"))
+    manifest = tmp_path / "work" / "masks" / "manifest.json"
     manifest.write_text(manifest.read_text().replace('"complete": true', '"complete": false'))
     for path in masks[:5]:
         path.unlink()
     make_dm(airbus.root, tmp_path).prepare_data()
-    assert sorted((tmp_path / "cache" / "masks").glob("*.png")) == masks
+    assert sorted((tmp_path / "work" / "masks").glob("*.png")) == masks
 
 
 def test_read_airbus_csv_groups_rows(airbus):

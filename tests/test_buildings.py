@@ -1,4 +1,5 @@
 import json
+from functools import partial
 
 import numpy as np
 import pytest
@@ -7,12 +8,9 @@ import tifffile
 from datamodules.buildings import BuildingsDataModule
 from tests.conftest import realdata
 from tests.fixtures.buildings import write_buildings
-from tests.helpers import assert_augmentation_keeps_alignment, assert_samples
+from tests.helpers import assert_augmentation_keeps_alignment, assert_samples, make_datamodule
 
-
-def make_dm(root, tmp_path, **kwargs):
-    settings = dict(batch_size=2, num_workers=0, cache_dir=str(tmp_path / "work"), normalize=None)
-    return BuildingsDataModule(root=str(root), **{**settings, **kwargs})
+make_dm = partial(make_datamodule, "buildings")
 
 
 @pytest.mark.parametrize("foreground", [255, 1])
@@ -58,9 +56,9 @@ def test_split_naming_unknown_files_is_an_error(tmp_path):
 
 
 def test_augmentation_keeps_image_and_mask_aligned():
-    assert_augmentation_keeps_alignment(BuildingsDataModule(augment={
-        "h": {"type": "HorizontalFlip", "p": 0.5}, "v": {"type": "VerticalFlip", "p": 0.5},
-        "r": {"type": "RandomRotate90", "p": 0.5}}), tolerance=0.0)
+    dm = BuildingsDataModule()  # deliberately the dataset's own augmentations (flips, 90 degree turns)
+    assert dm.augment == BuildingsDataModule.defaults["augment"]
+    assert_augmentation_keeps_alignment(dm, tolerance=0.0)
 
 
 def test_bad_masks_and_pairs_are_named(tmp_path):

@@ -1,4 +1,5 @@
 import shutil
+from functools import partial
 
 import numpy as np
 import pytest
@@ -8,12 +9,9 @@ from segkit.prepare import run_check
 from tests.conftest import realdata
 from tests.fixtures.carvana import write_carvana, write_gif_mask
 from tests.fixtures.reference import naive_rle_encode
-from tests.helpers import assert_augmentation_keeps_alignment, assert_samples
+from tests.helpers import assert_augmentation_keeps_alignment, assert_samples, make_datamodule
 
-
-def make_dm(root, tmp_path, **kwargs):
-    settings = dict(image_size=None, batch_size=2, num_workers=0, cache_dir=str(tmp_path / "work"), normalize=None)
-    return CarvanaDataModule(root=str(root), **{**settings, **kwargs})
+make_dm = partial(make_datamodule, "carvana")
 
 
 def test_gif_masks_shapes_and_values(tmp_path):
@@ -64,9 +62,9 @@ def test_wrong_pixel_order_in_the_csv_is_detected(tmp_path):
 
 
 def test_augmentation_keeps_image_and_mask_aligned():
-    assert_augmentation_keeps_alignment(CarvanaDataModule(augment={
-        "shift_scale_rotate": {"type": "Affine", "translate_percent": [-0.0625, 0.0625], "scale": [0.9, 1.1],
-                               "rotate": [-10, 10], "p": 1.0}}, image_size=None), tolerance=0.03)
+    # deliberately the dataset's own augmentation (shift, scale, rotate), applied every time
+    always = {name: {**spec, "p": 1.0} for name, spec in CarvanaDataModule.defaults["augment"].items()}
+    assert_augmentation_keeps_alignment(CarvanaDataModule(augment=always, image_size=None), tolerance=0.03)
 
 
 def test_unpaired_files_are_all_reported(tmp_path):

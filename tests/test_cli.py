@@ -8,9 +8,7 @@ import torch
 
 from segkit.module import SegmentationModule
 from segkit.runtime import resolve_precision
-from tests.helpers import run_segkit
-
-TINY = ["data.num_images=16", "data.size=64", "data.image_size=64", "data.batch_size=4"]
+from tests.helpers import TINY_DATA, TINY_TRAIN, run_segkit
 
 
 def segkit(command, *args, cwd):
@@ -64,7 +62,7 @@ def test_checkpoint_alone_rebuilds_the_model(fast_dev_run):
 def test_an_existing_run_is_not_overwritten(fast_dev_run, tmp_path):
     run_dir, _ = fast_dev_run
     before = (run_dir / "checkpoints" / "best.ckpt").read_bytes()
-    result = segkit_train("trainer.fast_dev_run=1", f"hydra.run.dir={run_dir}", *TINY, cwd=tmp_path)
+    result = segkit_train("trainer.fast_dev_run=1", f"hydra.run.dir={run_dir}", *TINY_TRAIN, cwd=tmp_path)
     assert result.returncode != 0
     assert "already holds checkpoints" in result.stderr
     assert (run_dir / "checkpoints" / "best.ckpt").read_bytes() == before
@@ -99,14 +97,13 @@ def test_every_loss_trains_the_demo_model(tmp_path):
     from segkit.losses import LOSSES
 
     # weighted_ce defaults to weights: auto, read from what segkit-prepare writes
-    data = [a for a in TINY if not a.startswith("data.batch_size")]
-    prepared = segkit("segkit-prepare", *data, f"hydra.run.dir={tmp_path / 'prep'}", cwd=tmp_path)
+    prepared = segkit("segkit-prepare", *TINY_DATA, f"hydra.run.dir={tmp_path / 'prep'}", cwd=tmp_path)
     assert prepared.returncode == 0, prepared.stderr[-3000:]
     assert "class_stats.json" in prepared.stdout and "ship" in prepared.stdout
     sweep = tmp_path / "sweep"
     names = sorted(LOSSES)
     result = segkit_train(
-        "-m", f"loss={','.join(names)}", "trainer.fast_dev_run=1", f"hydra.sweep.dir={sweep}", *TINY, cwd=tmp_path
+        "-m", f"loss={','.join(names)}", "trainer.fast_dev_run=1", f"hydra.sweep.dir={sweep}", *TINY_TRAIN, cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for job, name in enumerate(names):
@@ -158,7 +155,8 @@ def test_prepare_check_lists_all_problems_and_prepare_is_idempotent(tmp_path):
     args = ["dataset=oilseep", f"data.root={root}", f"data.cache_dir={tmp_path / 'work'}", f"hydra.run.dir={tmp_path / 'p'}"]
     first = segkit("segkit-prepare", *args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
-    assert "image statistics of 8 training images written" in first.stdout and "class statistics of 8" in first.stdout
+    # 10 tiles of 3 scenes (4, 3, 3 tiles); validation holds out one whole scene of 3 tiles
+    assert "image statistics of 7 training images written" in first.stdout and "class statistics of 7" in first.stdout
     second = segkit("segkit-prepare", *args, cwd=tmp_path)
     assert "image statistics" in second.stdout and "are up to date" in second.stdout and "nothing to do" in second.stdout
     masks = sorted((root / "train_masks_256").glob("*.tif"))

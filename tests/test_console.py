@@ -6,8 +6,7 @@ import warnings
 
 import pytest
 
-from tests.conftest import TINY_TRAIN
-from tests.helpers import run_segkit
+from tests.helpers import TINY_TRAIN, run_segkit
 
 # each line segkit-train used to print on every run, and nothing the user can act on
 NOISE = {

@@ -1,6 +1,7 @@
 import csv
 import json
 import warnings
+from functools import partial
 
 import cv2
 import numpy as np
@@ -10,13 +11,10 @@ from datamodules.dota import DOTA_CLASSES, DotaDataModule, parse_dota_labels, ra
 from segkit.data.io import read_mask
 from segkit.data.tiling import axis_starts, patch_grid
 from tests.conftest import realdata
-from tests.fixtures.dota import write_dota
-from tests.helpers import assert_augmentation_keeps_alignment, assert_samples
+from tests.fixtures.dota import write_dota, write_dota_scene
+from tests.helpers import assert_augmentation_keeps_alignment, assert_samples, compose_config, make_datamodule
 
-
-def make_dm(root, tmp_path, **kwargs):
-    settings = dict(patch_size=64, overlap=16, batch_size=2, num_workers=0, cache_dir=str(tmp_path / "work"), normalize=None)
-    return DotaDataModule(root=str(root), **{**settings, **kwargs})
+make_dm = partial(make_datamodule, "dota")
 
 
 # ------------------------------------------------------------------ the grid
@@ -87,16 +85,17 @@ def test_polygon_outside_the_image_is_clipped_with_a_warning(tmp_path):
 
 # ------------------------------------------------------------- preparation
 def test_patches_reassemble_into_the_scene_masks(tmp_path):
-    scenes = write_dota(tmp_path / "d")
+    shapes = [(180, 260), (90, 70), (150, 150), (40, 52)]  # the last is smaller than a patch both ways: padded
+    scenes = write_dota(tmp_path / "d", shapes=shapes)
     dm = make_dm(tmp_path / "d", tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the fixture polygons all lie inside their scenes
         messages = dm.prepare_dataset()
-    assert "cut 3 scenes into" in messages[0]
+    assert "cut 4 scenes into" in messages[0]
     assert "patches up to date" in dm.prepare_dataset()[0]  # idempotent
     with (dm.patch_dir / "index.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    for name, (height, width) in zip(sorted(scenes), [(180, 260), (90, 70), (150, 150)]):
+    for name, (height, width) in zip(sorted(scenes), shapes):
         objects, _ = parse_dota_labels(tmp_path / "d" / "labelTxt" / f"{name}.txt")
         expected = rasterize_dota(objects, (height, width), name)
         canvas = np.full((max(height, 64), max(width, 64)), 254, np.uint8)
@@ -111,8 +110,62 @@ def test_patches_reassemble_into_the_scene_masks(tmp_path):
             assert (region[overlap] == patch[: region.shape[0], : region.shape[1]][overlap]).all()
             canvas[y : y + 64, x : x + 64] = patch[: region.shape[0], : region.shape[1]]
         np.testing.assert_array_equal(canvas[:height, :width], expected)
-        if height < 64 or width < 64:  # padding of a small scene is ignore_index
-            assert (canvas[height:64] == 255).all() or height >= 64
+        if height < 64 and width < 64:  # one patch, padded below and to the right with ignore_index (255)
+            assert mine == [{"patch": f"{name}__0_0", "source": name, "y": "0", "x": "0"}]
+            assert (canvas[height:] == 255).all() and (canvas[:, width:] == 255).all()
+
+
+@pytest.mark.parametrize("ignore_index", [255, 99])
+def test_a_scene_smaller_than_a_patch_is_padded_below_and_right(tmp_path, ignore_index):
+    """A 40x52 scene in a 64 px patch: its pixels and polygons at the top left, unmoved; the
+    image padded with 0 (black), the mask with ``ignore_index`` (iter_patches' pad_value=0 and
+    pad_label=ignore_index in DotaDataModule._cut_scene)."""
+    height, width = 40, 52
+    image = np.random.default_rng(5).integers(40, 90, (height, width, 3)).astype(np.uint8)  # never 0, never a fill colour
+    objects = [  # (corners, category, difficult, RGB fill): apart from each other, inside the scene
+        (np.array([[3, 2], [24, 2], [24, 15], [3, 15]]), "plane", 0, (200, 10, 10)),
+        (np.array([[33, 21], [48, 21], [48, 37], [33, 37]]), "small-vehicle", 1, (10, 200, 10)),
+        (np.array([[12, 20], [20, 27], [12, 34], [4, 27]]), "harbor", 0, (10, 10, 200)),  # an oriented (rotated) box
+    ]
+    for corners, _, _, colour in objects:
+        cv2.fillPoly(image, [corners.astype(np.int32)], colour)
+    write_dota_scene(tmp_path / "d", "P0100", image, [o[:3] for o in objects])
+    assert (tmp_path / "d" / "labelTxt" / "P0100.txt").read_text().splitlines()[:3] == [
+        "imagesource:GoogleEarth", "gsd:0.5", "3 2 24 2 24 15 3 15 plane 0"]
+
+    dm = make_dm(tmp_path / "d", tmp_path, ignore_index=ignore_index, val_fraction=0.0)
+    assert "cut 1 scenes into 1 patches of 64 px" in dm.prepare_dataset()[0]
+    with (dm.patch_dir / "index.csv").open() as handle:
+        assert list(csv.DictReader(handle)) == [{"patch": "P0100__0_0", "source": "P0100", "y": "0", "x": "0"}]
+    patch_image = cv2.imread(str(dm.patch_dir / "images" / "P0100__0_0.png"), cv2.IMREAD_UNCHANGED)[:, :, ::-1]
+    patch_mask = cv2.imread(str(dm.patch_dir / "masks" / "P0100__0_0.png"), cv2.IMREAD_UNCHANGED)
+    assert patch_image.shape == (64, 64, 3) and patch_image.dtype == np.uint8
+    assert patch_mask.shape == (64, 64) and patch_mask.dtype == np.uint8
+
+    # the scene, unmoved and unchanged, at the top left; the padding below and to the right
+    np.testing.assert_array_equal(patch_image[:height, :width], image)
+    assert (patch_image[height:] == 0).all() and (patch_image[:, width:] == 0).all()
+    assert (patch_mask[height:] == ignore_index).all() and (patch_mask[:, width:] == ignore_index).all()
+    scene_mask = patch_mask[:height, :width]
+    assert ignore_index not in scene_mask
+
+    # each polygon's class covers exactly the pixels painted in its colour, at its corners
+    for corners, category, _, colour in objects:
+        painted = (image == colour).all(axis=2)
+        np.testing.assert_array_equal(scene_mask == DOTA_CLASSES.index(category), painted, err_msg=category)
+        (x0, y0), (x1, y1) = corners.min(axis=0), corners.max(axis=0)
+        assert painted[y0 : y1 + 1, x0 : x1 + 1].any() and not painted[:y0].any() and not painted[y1 + 1 :].any()
+        assert not painted[:, :x0].any() and not painted[:, x1 + 1 :].any()
+    assert (scene_mask[2:16, 3:25] == DOTA_CLASSES.index("plane")).all()  # the axis-aligned boxes, corners included
+    assert (scene_mask[21:38, 33:49] == DOTA_CLASSES.index("small-vehicle")).all()
+    assert scene_mask[27, 12] == DOTA_CLASSES.index("harbor") and scene_mask[21, 5] == 0  # in the diamond / beside it
+    assert int((scene_mask == 0).sum()) == height * width - sum(int((image == o[3]).all(axis=2).sum()) for o in objects)
+
+    # and training reads the same padded patch
+    dm.setup("fit")
+    loaded_image, loaded_mask = dm.train_dataset.load(0)
+    np.testing.assert_array_equal(loaded_image, patch_image)
+    np.testing.assert_array_equal(loaded_mask, patch_mask)
 
 
 def test_datamodule_trains_on_patches_split_by_scene(tmp_path):
@@ -127,15 +180,12 @@ def test_datamodule_trains_on_patches_split_by_scene(tmp_path):
 
 
 def test_class_weights_match_independent_counts(tmp_path):
-    from hydra import compose, initialize_config_module
-
     from segkit.prepare import run_prepare
 
     write_dota(tmp_path / "d")
-    with initialize_config_module(config_module="segkit.conf", version_base="1.3"):
-        cfg = compose(config_name="prepare", overrides=[
-            "dataset=dota", f"data.root={tmp_path / 'd'}", f"data.cache_dir={tmp_path / 'work'}",
-            "data.patch_size=64", "data.overlap=16", "data.num_workers=0", "data.val_fraction=0.0"])
+    cfg = compose_config("prepare", [
+        "dataset=dota", f"data.root={tmp_path / 'd'}", f"data.cache_dir={tmp_path / 'work'}",
+        "data.patch_size=64", "data.overlap=16", "data.num_workers=0", "data.val_fraction=0.0"])
     stats = run_prepare(cfg)
     dm = make_dm(tmp_path / "d", tmp_path, val_fraction=0.0)
     counts = np.zeros(16, np.int64)
@@ -153,10 +203,9 @@ def test_class_weights_match_independent_counts(tmp_path):
 
 
 def test_augmentation_keeps_image_and_mask_aligned():
-    assert_augmentation_keeps_alignment(DotaDataModule(augment={
-        "r": {"type": "RandomRotate90", "p": 0.5}, "h": {"type": "HorizontalFlip", "p": 0.5},
-        "c": {"type": "ColorJitter", "brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.02, "p": 1.0}}),
-        tolerance=0.0)
+    dm = DotaDataModule()  # deliberately the dataset's own augmentations (90 degree turns, flips, colour jitter)
+    assert dm.augment == DotaDataModule.defaults["augment"]
+    assert_augmentation_keeps_alignment(dm, tolerance=0.0)
 
 
 def test_check_lists_every_problem(tmp_path):

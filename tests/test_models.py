@@ -50,7 +50,7 @@ def test_in_channels():
 
 
 def test_parameter_counts():
-    # the Airbus seed reported ~6.5M for its MobileNetV2 U-Net
+    # the Airbus project reported ~6.5M for its MobileNetV2 U-Net
     assert count_parameters(build_model("mobilenet_unet", 3, 1)) == 6_628_945
     assert count_parameters(build_model("unet", 3, 1)) == 24_436_369  # resnet34 default
     for width, classes in [(8, 1), (4, 3)]:

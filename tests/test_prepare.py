@@ -2,21 +2,18 @@ import json
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_module
 
 from segkit.data.class_stats import inverse_frequency_weights
 from segkit.prepare import run_prepare
 from segkit.stage import resolve_loss_config
 from tests.fixtures.airbus import write_airbus
+from tests.helpers import compose_config
 
 
 def test_prepare_counts_the_training_split(tmp_path, capsys):
     fixture = write_airbus(tmp_path / "airbus")
-    with initialize_config_module(config_module="segkit.conf", version_base="1.3"):
-        cfg = compose(
-            config_name="prepare",
-            overrides=["dataset=airbus", f"data.root={fixture.root}", f"data.cache_dir={tmp_path / 'work'}", "data.num_workers=0"],
-        )
+    cfg = compose_config(
+        "prepare", ["dataset=airbus", f"data.root={fixture.root}", f"data.cache_dir={tmp_path / 'work'}", "data.num_workers=0"])
     stats = run_prepare(cfg)
     path = tmp_path / "work" / "class_stats.json"
     assert stats["path"] == str(path) and json.loads(path.read_text())["pixel_counts"] == stats["pixel_counts"]

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import TINY_TRAIN
 from tests.fixtures.airbus import write_airbus
 from tests.fixtures.carvana import write_carvana
-from tests.helpers import run_segkit
+from tests.helpers import TINY_DATA, run_segkit
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -53,7 +52,7 @@ def _small(args: list[str], run_dir: Path) -> list[str]:
     experiment = next((a.split("=", 1)[1] for a in args if a.startswith("experiment=")), None)
     extra = ["trainer.fast_dev_run=2", "data.batch_size=2", "data.num_workers=0"]
     if dataset is None and experiment is None:
-        extra += [a for a in TINY_TRAIN if not a.startswith("data.batch_size")]
+        extra += TINY_DATA
     elif "data.image_size" not in keys:
         extra.append("data.image_size=128")  # segnet's multiple; the fixtures are 64-72 px
     if "-m" in args:

@@ -2,20 +2,17 @@
 
 import csv
 import json
+from functools import partial
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
 from segkit.recipes import Stage, parse_stages, stage_config
 from segkit.train import run_training
+from tests.helpers import TINY_TRAIN, compose_config, write_fixture
 
-TINY = ["data.num_images=16", "data.size=64", "data.image_size=64", "data.batch_size=4", "data.num_workers=0"]
-
-
-def compose_train(overrides):
-    with initialize_config_module(config_module="segkit.conf", version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+TINY = [*TINY_TRAIN, "data.num_workers=0"]
+compose_train = partial(compose_config, "train")
 
 
 def encoder_weights(state_dict):
@@ -86,14 +83,8 @@ def test_recipe_errors_are_clear():
 
 
 def _fixture_for(dataset, root, tmp_path):
-    from tests.fixtures.airbus import write_airbus
-    from tests.fixtures.buildings import write_buildings
-    from tests.fixtures.carvana import write_carvana
-    from tests.fixtures.dota import write_dota
-    from tests.fixtures.oilseep import write_oilseep
-
-    {"airbus": write_airbus, "carvana": write_carvana, "oilseep": write_oilseep,
-     "buildings": write_buildings, "dota": write_dota}[dataset](root)
+    """Write ``dataset``'s registry fixture at ``root``; the overrides its experiment needs on it."""
+    write_fixture(dataset, root)
     return {
         "airbus": ["data.image_size=64"],
         "carvana": ["data.image_size=[128,128]"],
@@ -119,8 +110,7 @@ def test_every_experiment_runs_on_its_fixture(tmp_path, experiment, dataset):
     if experiment == "dota_unet":  # weights: auto needs the class statistics first
         from segkit.prepare import run_prepare
 
-        with initialize_config_module(config_module="segkit.conf", version_base="1.3"):
-            prep = compose(config_name="prepare", overrides=[f"dataset={dataset}", f"data.root={root}", *extra])
+        prep = compose_config("prepare", [f"dataset={dataset}", f"data.root={root}", *extra])
         run_prepare(prep)
     summary = run_training(cfg)
     assert (tmp_path / "run" / "metrics.json").is_file()

@@ -15,10 +15,9 @@ import segkit.module
 from segkit.data.sampling import BackgroundRatioSampler, EpochShuffleSampler, ShardSampler
 from segkit.module import NonFiniteLossError, SegmentationModule
 from segkit.train import run_training
-from tests.helpers import compose_config
+from tests.helpers import TINY_TRAIN, compose_config
 
-TINY = ["data.num_images=16", "data.size=64", "data.image_size=64", "data.batch_size=4", "data.num_workers=0",
-        "data.val_fraction=0.25", "data.background_ratio=1.0", "trainer.precision=32-true", "logger=csv"]
+TINY = [*TINY_TRAIN, "data.num_workers=0", "data.val_fraction=0.25", "data.background_ratio=1.0", "trainer.precision=32-true", "logger=csv"]
 
 
 def nan_at(monkeypatch, training_calls: set[int]) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import run_segkit, segkit_command, segkit_env
+from tests.helpers import TINY_TRAIN, compose_config, run_segkit, segkit_command, segkit_env
 
-TINY = ["data.num_images=16", "data.size=64", "data.image_size=64", "data.batch_size=4", "data.num_workers=0"]
+TINY = [*TINY_TRAIN, "data.num_workers=0"]
 DETERMINISTIC = ["trainer.precision=32-true", "trainer.deterministic=true", "logger=csv"]
 
 
@@ -158,9 +158,6 @@ def test_optuna_search_completes_and_reports_the_best(tmp_path):
 
 @pytest.mark.parametrize("launcher", ["slurm"])
 def test_slurm_launcher_config_composes(launcher):
-    from hydra import compose, initialize_config_module
-
-    with initialize_config_module(config_module="segkit.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    cfg = compose_config("train", [f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.gpus_per_node == 1
