@@ -1,5 +1,6 @@
 # make demo  — set up (once) and train on the embedded synthetic dataset
 # make test  — set up (once) and run the test suite
+# make lint  — set up (once) and run ruff (settings in pyproject.toml); CI runs it before the tests
 # make bench — set up (once) and run the benchmarks (prints ratios against baselines)
 # make quality — set up (once), train and evaluate on the real samples in ../shared/realdata
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -11,7 +12,7 @@ PYTEST_ARGS ?=
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup demo test bench quality clean
+.PHONY: setup demo test lint bench quality clean
 
 setup: $(STAMP)
 
@@ -27,6 +28,9 @@ demo: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 # the bench extra: MONAI, the peer the sliding-window benchmark compares with (never a runtime dependency)
 $(VENV)/.segkit-bench: $(STAMP)

@@ -1,6 +1,6 @@
 """Data pipeline: images/s the Airbus datamodule delivers at 768x768 against the read limit.
 
-Ours: ``AirbusDataModule.train_dataloader()`` at native 768 px with the seed's augmentations
+Ours: ``AirbusDataModule.train_dataloader()`` at native 768 px with the Airbus kernel's augmentations
 (flips, rotation, brightness) and collation into batches of 8 — decode, mask from the PNG
 cache, augment, collate (uint8 images and masks; normalisation runs per batch on the
 training device, timed separately here on the CPU). Baselines: "the limit", a bare loop of

@@ -134,7 +134,8 @@ def main() -> None:
     for classes in args.classes:
         results = {}
         for mode in ("forward", "predict"):
-            command = [sys.executable, "-m", "bench.bench_sliding_window", "--child", mode, "--size", str(args.size), "--classes", str(classes),
+            command = [sys.executable, "-m", "bench.bench_sliding_window", "--child", mode, "--size", str(args.size),
+                       "--classes", str(classes),
                        "--precision", args.precision, "--tile", str(args.tile), "--overlap", str(args.overlap),
                        "--batch", str(args.batch)]
             out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=True).stdout

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import REALDATA, ROOT, Report
+from segkit.data.datasets import label_count
 
 __all__ = ["EXPERIMENTS", "Experiment", "baseline_scores", "main", "run_experiment"]
 
@@ -96,7 +97,7 @@ def baseline_scores(ckpt: Path) -> dict[str, dict[str, Any]]:
     train_idx, val_idx = datamodule.split(items)
     train = datamodule.raw_dataset([items[i] for i in train_idx])
     val = datamodule.raw_dataset([items[i] for i in val_idx])
-    k = max(loaded.num_classes, 2)
+    k = label_count(loaded.num_classes)
     hp = loaded.module.hparams
     counts: np.ndarray | None = None
     for index in range(len(train)):

@@ -23,11 +23,9 @@ from typing import Any
 
 import torch
 
-from segkit.module import SegmentationModule
+from segkit.module import CHECKPOINT_FORMAT, SegmentationModule
 
 __all__ = ["CHECKPOINT_FORMAT", "LoadedCheckpoint", "load_checkpoint", "read_checkpoint"]
-
-CHECKPOINT_FORMAT = 1
 
 
 @dataclass

@@ -13,7 +13,6 @@ from segkit.errors import report_errors
 from segkit.quiet import silence_known_noise
 from segkit.rundir import process_rank
 
-
 # ${rank_zero_file:<path>}: the path on rank 0, the null device on the other ranks, so DDP
 # children (which Lightning starts with the same run dir) write no files of their own
 OmegaConf.register_new_resolver("rank_zero_file", lambda path: path if process_rank() == 0 else os.devnull, replace=True)

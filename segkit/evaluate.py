@@ -36,10 +36,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from segkit.checkpoint import LoadedCheckpoint, load_checkpoint
+from segkit.data.datasets import label_count
 from segkit.data.io import refuse_overwrite, write_bytes_atomic, write_json_atomic
+from segkit.metrics import confusion_matrices, dice_iou_from_confusion
 from segkit.predictor import build_predictor
 from segkit.rundir import claim_run_dir
-from segkit.metrics import confusion_matrices, dice_iou_from_confusion
 
 __all__ = ["EvalScores", "run_eval", "scores_from_confusions"]
 
@@ -153,7 +154,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     claim_run_dir(output, "output")  # writable, and no other live segkit process writing into it
     data_cfg = _data_config(cfg, loaded)
     datamodule = instantiate(data_cfg, _convert_="all")
-    if max(datamodule.num_classes, 2) != max(loaded.num_classes, 2):
+    if label_count(datamodule.num_classes) != label_count(loaded.num_classes):
         raise ValueError(
             f"the dataset has {datamodule.num_classes} classes (data.num_classes) but {cfg.ckpt} predicts {loaded.num_classes}"
         )
@@ -197,7 +198,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
 
     ranked = sorted(((-neg, -negi, labels) for neg, negi, labels in worst), key=lambda e: (e[0], e[1]))
     panels = []
-    for rank, (score, index, labels) in enumerate(ranked, start=1):
+    for rank, (_score, index, labels) in enumerate(ranked, start=1):
         image, target = dataset.load(index)
         name = dataset.names[index]
         path = output / "worst" / f"{rank:02d}_{Path(name).stem}.png"

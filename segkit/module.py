@@ -18,7 +18,10 @@ from segkit.losses import build_loss
 from segkit.metrics import SegmentationMetrics, logits_to_labels
 from segkit.models import build_model
 
-__all__ = ["NonFiniteLossError", "SegmentationModule"]
+__all__ = ["CHECKPOINT_FORMAT", "NonFiniteLossError", "SegmentationModule"]
+
+#: version of the ``segkit`` section every checkpoint carries (read by :mod:`segkit.checkpoint`)
+CHECKPOINT_FORMAT = 1
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +256,7 @@ class SegmentationModule(L.LightningModule):
             threshold=self.hparams.threshold,
             ignore_index=self.hparams.ignore_index,
         )
-        checkpoint["segkit"] = {"format": 1, "preprocessing": preprocessing, "data": data}
+        checkpoint["segkit"] = {"format": CHECKPOINT_FORMAT, "preprocessing": preprocessing, "data": data}
 
     def configure_optimizers(self) -> Any:
         optimizer = instantiate(dict(self.hparams.optimizer), params=self.parameters())

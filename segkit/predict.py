@@ -32,6 +32,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from segkit.checkpoint import load_checkpoint
+from segkit.data.datasets import label_count
 from segkit.data.io import (
     DEFAULT_MAX_IMAGE_PIXELS,
     check_pixels,
@@ -44,8 +45,8 @@ from segkit.data.io import (
     write_png_atomic,
 )
 from segkit.errors import format_problems
-from segkit.rundir import claim_run_dir
 from segkit.predictor import Predictor, Preprocessing, build_predictor
+from segkit.rundir import claim_run_dir
 from segkit.submission import FORMATS, SubmissionWriter
 
 __all__ = ["IMAGE_SUFFIXES", "collect_inputs", "run_predict"]
@@ -240,7 +241,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
             values = labels * np.uint8(cfg.binary_value) if binary else labels
             write_bytes_atomic(mask_path, _mask_bytes(values, mask_path.suffix == ".tif"))
         if cfg.save_overlays:
-            drawn = overlay(image, labels, max(loaded.num_classes, 2), class_names=loaded.class_names)
+            drawn = overlay(image, labels, label_count(loaded.num_classes), class_names=loaded.class_names)
             write_png_atomic(plan["overlays"][i], drawn[:, :, ::-1])
     if not predicted:
         raise ValueError(format_problems([f["error"] for f in failed], f"none of the {len(files)} input images could be predicted:"))

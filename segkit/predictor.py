@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from segkit.checkpoint import LoadedCheckpoint
+from segkit.data.datasets import label_count
 from segkit.data.io import conform_channels
 from segkit.data.normalize import Normalizer
 from segkit.inference import TTA_TRANSFORMS, iter_blended_rows, predict_with_tta, window_layout
@@ -244,7 +245,7 @@ class Predictor:
         probabilities into band by band instead of keeping them in memory.
         """
         height, width = image.shape[:2]
-        labels = np.empty((height, width), dtype=np.uint8 if max(self.num_classes, 2) <= 256 else np.int32)
+        labels = np.empty((height, width), dtype=np.uint8 if label_count(self.num_classes) <= 256 else np.int32)
         keep = keep_probabilities and probabilities_out is None
         kept = np.empty((max(self.num_classes, 1), height, width), np.float32) if keep else None
         resized = self.preprocessing.resize(image)

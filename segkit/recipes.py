@@ -5,7 +5,7 @@ list of stages with
 
 - ``name``: folder name of the stage (``stages/NN_<name>/`` in the run directory);
 - ``task``: ``segmentation`` or ``classification`` (image-level "has foreground?" on the
-  encoder's classification head — the Airbus seed's ship / no-ship pretraining);
+  encoder's classification head — the Airbus project's ship / no-ship pretraining);
 - ``epochs``; ``image_size`` (``null`` = the dataset's); ``background_ratio`` (share of
   foreground-free images drawn per epoch, for datasets that sample them); ``batch_size``;
 - ``lr`` (``null`` = the optimizer's) or ``lr_find: true`` (Lightning's LR finder, or a

@@ -33,12 +33,12 @@ def _stack(in_channels: int, out_channels: int, count: int) -> nn.Sequential:
 
 
 class SegNet(nn.Module):
-    """Carvana-seed encoder-decoder; input ``(B, in_channels, H, W)``, output ``(B, num_classes, H, W)`` logits.
+    """Carvana-project encoder-decoder; input ``(B, in_channels, H, W)``, output ``(B, num_classes, H, W)`` logits.
 
     Args:
         in_channels: image channels.
         num_classes: output channels (1 = binary logits).
-        base_width: channels of the first encoder block (the seed used 8 at 1024x1024).
+        base_width: channels of the first encoder block (the Carvana project used 8 at 1024x1024).
         depth: number of encoder (and decoder) blocks; inputs must be multiples of ``2**depth``.
         max_width: cap on any block's channels.
     """
