@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 
 from tests.fixtures.registry import DATASETS
 from tests.helpers import datamodule_settings, make_datamodule
@@ -123,3 +123,17 @@ def test_data_config_rebuilds_an_equal_datamodule(case):
     assert again.preprocessing() == dm.preprocessing()
     again.setup("fit")
     assert again.train_dataset.names == dm.train_dataset.names and again.val_dataset.names == dm.val_dataset.names
+
+
+def test_every_dataset_config_is_registered_and_exported():
+    """A dataset added without its registry line (or its export) would silently get no contract tests."""
+    import yaml
+
+    import datamodules
+
+    registered = {entry.datamodule for entry in DATASETS.values()}
+    for path in sorted((Path(__file__).resolve().parents[1] / "conf" / "dataset").glob("[!_]*.yaml")):
+        target = yaml.safe_load(path.read_text())["_target_"]
+        cls = get_class(target)
+        assert cls in registered, f"{path.name}: {cls.__name__} has no entry in tests/fixtures/registry.py DATASETS"
+        assert getattr(datamodules, cls.__name__, None) is cls, f"{path.name}: datamodules/__init__.py does not export {cls.__name__}"
