@@ -99,8 +99,9 @@ def report_errors(app: str) -> Callable[[F], F]:
                 return function(*args, **kwargs)
             except KeyboardInterrupt as interrupt:
                 said = f" {interrupt}" if str(interrupt) else ""
-                sys.stderr.write(f"\n{app}: interrupted (Ctrl-C); files written so far are complete, nothing half-written.{said}\n")
-                _log_to_files(f"{app}: interrupted (Ctrl-C).{said}")
+                sys.stderr.write(f"\n{app}: interrupted (Ctrl-C or a stop signal); files written so far are complete, "
+                                 f"nothing half-written.{said}\n")
+                _log_to_files(f"{app}: interrupted (Ctrl-C or a stop signal).{said}")
                 raise SystemExit(130) from None
             except Exception as error:  # noqa: BLE001 — sorted into the user's problems and bugs
                 if os.environ.get("HYDRA_FULL_ERROR") == "1" or not is_user_error(error):

@@ -374,9 +374,9 @@ def test_ctrl_c_is_a_message_not_a_traceback(tmp_path):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
-    said = f"segkit-train: interrupted (Ctrl-C); files written so far are complete, nothing half-written. resume={run} continues"
+    said = f"segkit-train: interrupted (Ctrl-C or a stop signal); files written so far are complete, nothing half-written. resume={run} continues"
     assert said in stderr
-    assert f"interrupted (Ctrl-C). resume={run}" in (run / "train.log").read_text()
+    assert f"interrupted (Ctrl-C or a stop signal). resume={run}" in (run / "train.log").read_text()
 
 
 def test_csv_header_whitespace_and_label_file_bom_are_accepted(tmp_path):
