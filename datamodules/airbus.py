@@ -24,7 +24,7 @@ from segkit.data.datamodule import Item, Scan, SegmentationDataModule
 from segkit.data.normalize import IMAGENET
 from segkit.data.rle_csv import RleCsvMasks, RleTable, read_rle_csv
 from segkit.data.sampling import BackgroundRatioSampler, background_subset
-from segkit.data.splits import stratified_split
+from segkit.data.splits import group_kfold, stratified_split
 
 __all__ = ["AirbusDataModule", "read_airbus_csv"]
 
@@ -139,7 +139,11 @@ class AirbusDataModule(RleCsvMasks, SegmentationDataModule):
     def split(self, items: list[Item]) -> tuple[list[int], list[int]]:
         """Stratified by ship / no ship; validation keeps a fixed share of its ship-free images."""
         has_ship = np.array([i.mask is not None for i in items], dtype=np.int64)
-        train_idx, val_idx = stratified_split([i.name for i in items], has_ship, self.val_fraction, self.seed)
+        if self.folds:  # stratified folds: each fold holds its share of ship and ship-free images
+            train_idx, val_idx = group_kfold([i.name for i in items], self.split_groups(items), self.folds, self.fold,
+                                             self.seed, strata=has_ship)
+        else:
+            train_idx, val_idx = stratified_split([i.name for i in items], has_ship, self.val_fraction, self.seed)
         val_neg = [i for i in val_idx if not has_ship[i]]
         rng = np.random.default_rng((self.seed, 1))
         keep = set(background_subset(val_neg, self.val_background_ratio, rng).tolist())

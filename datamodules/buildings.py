@@ -117,6 +117,11 @@ class BuildingsDataModule(SegmentationDataModule):
         return [items[i].name for i in val]
 
     def split(self, items: list[Item]) -> tuple[list[int], list[int]]:
+        if self.folds:
+            if self.split_file:
+                raise ValueError(f"data.split_file={self.split_file} and data.folds={self.folds} both choose the "
+                                 "validation images: set one of them (data.split_file=null for folds)")
+            return super().split(items)
         source = Path(self.split_file) if self.split_file else self.prepared_split
         if source.is_file():
             val_names = read_name_list(source)
@@ -134,9 +139,11 @@ class BuildingsDataModule(SegmentationDataModule):
         return [n for n in range(len(items)) if n not in chosen], val
 
     def has_validation(self) -> bool:
-        return bool(self.split_file) or self.prepared_split.is_file() or self.val_fraction > 0
+        return bool(self.split_file) or self.prepared_split.is_file() or super().has_validation()
 
     def prepare_dataset(self) -> list[str]:
+        if self.folds:
+            return [f"validation: fold {self.fold} of {self.folds}"]
         if self.split_file:
             return [f"validation split from {self.split_file}"]
         if self.prepared_split.is_file():

@@ -165,7 +165,7 @@ class FolderDataModule(SegmentationDataModule):
         return Scan(items, problems, missing)
 
     def has_validation(self) -> bool:
-        return self.split_mode != "ratio" or self.val_fraction > 0
+        return self.split_mode != "ratio" or super().has_validation()
 
     def empty_val_hint(self) -> str:
         if self.split_mode == "folders":
@@ -182,6 +182,9 @@ class FolderDataModule(SegmentationDataModule):
 
     # ------------------------------------------------------------------- split
     def split(self, items: list[Item]) -> tuple[list[int], list[int]]:
+        if self.folds and self.split_mode != "ratio":
+            raise ValueError(f"data.folds={self.folds} splits the images itself: use it with data.split=ratio, "
+                             f"not data.split={self.split_mode}")
         if self.split_mode == "folders":
             return ([n for n, i in enumerate(items) if i.group == self.train_dir],
                     [n for n, i in enumerate(items) if i.group == self.val_dir])

@@ -9,11 +9,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-__all__ = ["SweepSummary", "collect_runs", "write_sweep_summary"]
+__all__ = ["SweepSummary", "collect_runs", "fold_summary", "write_sweep_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,35 @@ def write_sweep_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
     ]
     for r in rows:
         lines.append(f"| {r['run']} | `{r['overrides']}` | {r['best']:.4f} | {r['best_epoch']} | {r['final']:.4f} | {r['wall_time_s']} |")
+    lines += fold_summary(rows)
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
     return rows
+
+
+def fold_summary(rows: list[dict[str, Any]]) -> list[str]:
+    """Cross-validation: for runs that differ in ``data.fold`` only, the mean and spread of
+    the best score over their folds (one line per setting of the other overrides)."""
+    settings: dict[str, list[tuple[str, float]]] = {}
+    for row in rows:
+        words = row["overrides"].split()
+        fold = next((w.split("=", 1)[1] for w in words if w.startswith("data.fold=")), None)
+        if fold is not None:
+            rest = " ".join(w for w in words if not w.startswith("data.fold="))
+            settings.setdefault(rest, []).append((fold, row["best"]))
+    if not settings:
+        return []
+    monitor = rows[0]["monitor"]
+    lines = ["", "## Cross-validation", "",
+             f"Best {monitor} of each fold's validation (its held-out groups), then the mean and the sample standard "
+             "deviation over the folds.", "",
+             "| overrides | folds | mean | std | min | max |", "|---|---|---|---|---|---|"]
+    for rest, scores in settings.items():
+        values = np.array([score for _, score in scores], dtype=np.float64)
+        std = values.std(ddof=1) if len(values) > 1 else math.nan
+        folds = ",".join(sorted((fold for fold, _ in scores), key=lambda f: (len(f), f)))
+        lines.append(f"| `{rest or '(none)'}` | {folds} | {np.nanmean(values):.4f} | {std:.4f} | {np.nanmin(values):.4f} | "
+                     f"{np.nanmax(values):.4f} |")
+    return lines
 
 
 class SweepSummary(Callback):

@@ -32,7 +32,7 @@ from segkit.data.datasets import BAD_FILE_POLICIES, ImageMaskDataset, ImageSpec,
 from segkit.data.io import DEFAULT_MAX_IMAGE_PIXELS, require_writable, write_json_atomic
 from segkit.data.normalize import Normalizer
 from segkit.data.sampling import EpochShuffleSampler, ShardSampler
-from segkit.data.splits import group_split
+from segkit.data.splits import group_kfold, group_split
 from segkit.data.transforms import build_pipeline
 from segkit.errors import format_problems
 
@@ -66,6 +66,7 @@ class Scan:
 
 
 MISSING_POLICIES = ("error", "skip")
+SPLIT_BY = ("group", "item")
 
 
 class _Default:
@@ -83,7 +84,7 @@ BASE_DEFAULTS: dict[str, Any] = {
     "num_classes": 1, "in_channels": 3, "image_size": None, "pad_multiple": None, "batch_size": 8,
     "num_workers": 2, "pin_memory": None, "val_fraction": 0.2, "seed": 42, "cache_dir": None,
     "augment": None, "normalize": None, "ignore_index": None, "max_image_pixels": DEFAULT_MAX_IMAGE_PIXELS,
-    "missing": "error", "on_bad_file": "error",
+    "missing": "error", "on_bad_file": "error", "split_by": "group", "folds": None, "fold": 0,
 }
 
 
@@ -118,6 +119,10 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
         missing: ``error`` (default) or ``skip`` files whose counterpart is absent (a CSV row
             without its image, a label file without its scene, an image without its mask):
             ``skip`` trains on the complete pairs of a partial download and says how many it left out.
+        split_by: ``group`` (default): the split keeps each item's group (a car, a scene) on
+            one side; ``item``: every item on its own.
+        folds, fold: ``folds=K`` splits the groups into K balanced folds (deterministic by
+            ``seed``) and validates on fold ``fold`` (0..K-1); ``None``: ``val_fraction``.
         on_bad_file: ``error`` (default): a file that cannot be used during training stops the
             run with one line naming it; ``skip``: it is logged, replaced by the next readable
             item, and counted in ``metrics.json`` (``skipped_files``).
@@ -149,6 +154,9 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
         max_image_pixels: int | None = DEFAULT,
         missing: str = DEFAULT,
         on_bad_file: str = DEFAULT,
+        split_by: str = DEFAULT,
+        folds: int | None = DEFAULT,
+        fold: int = DEFAULT,
     ) -> None:
         given = {key: value for key, value in locals().items() if key in BASE_DEFAULTS}
         settings = {key: copy.deepcopy(self.defaults.get(key, BASE_DEFAULTS[key])) if value is DEFAULT else value
@@ -164,6 +172,12 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
         if self.fixed_in_channels and settings["in_channels"] != channels:
             raise ValueError(f"{self.kind} images have {channels} channel(s): data.in_channels must be {channels}, "
                              f"got {settings['in_channels']}")
+        if settings["split_by"] not in SPLIT_BY:
+            raise ValueError(f"data.split_by must be one of {', '.join(SPLIT_BY)}, got {settings['split_by']!r}")
+        folds_, fold_ = settings["folds"], settings["fold"]
+        if folds_ is not None and (int(folds_) < 2 or not 0 <= int(fold_) < int(folds_)):
+            raise ValueError(f"data.folds={folds_} data.fold={fold_}: data.folds must be at least 2 and data.fold one of "
+                             f"0..{max(int(folds_), 2) - 1} (or data.folds=null for one train/validation split)")
         super().__init__()
         self.save_hyperparameters()
         self.hparams.update(settings)  # the values in force, not the DEFAULT marker
@@ -184,6 +198,9 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
         self.max_image_pixels = settings["max_image_pixels"]
         self.missing: str = settings["missing"]
         self.on_bad_file: str = settings["on_bad_file"]
+        self.split_by: str = settings["split_by"]
+        self.folds: int | None = None if settings["folds"] is None else int(settings["folds"])
+        self.fold: int = int(settings["fold"])
         self.skipped_files: dict[str, str] = {}  # on_bad_file=skip: file -> why, as batches reported them
         self.checked_missing: list[str] = []  # check(): the files without counterpart it found
         self._scan: Scan | None = None
@@ -201,9 +218,18 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
         """List the dataset's items; report (do not raise) every pairing problem."""
         raise NotImplementedError
 
+    def split_groups(self, items: Sequence[Item]) -> list[str]:
+        """What the split keeps together: each item's group (``data.split_by=group``: its car,
+        scene...) or the item alone (``item``)."""
+        return [i.group if self.split_by == "group" else i.name for i in items]
+
     def split(self, items: list[Item]) -> tuple[list[int], list[int]]:
-        """Train and validation indices; by default whole groups, ``val_fraction`` of them."""
-        return group_split([i.name for i in items], [i.group for i in items], self.val_fraction, self.seed)
+        """Train and validation indices: whole groups, ``val_fraction`` of them, or with
+        ``data.folds=K`` the groups of fold ``data.fold`` (:func:`segkit.data.splits.group_kfold`)."""
+        keys = [i.name for i in items]
+        if self.folds:
+            return group_kfold(keys, self.split_groups(items), self.folds, self.fold, self.seed)
+        return group_split(keys, self.split_groups(items), self.val_fraction, self.seed)
 
     def mask_values(self) -> MaskValues:
         return MaskValues(n_labels=label_count(self.num_classes), ignore_index=self.ignore_index)
@@ -218,7 +244,7 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
 
     def has_validation(self) -> bool:
         """Whether the settings ask for a validation split (``data.val_fraction=0`` does not)."""
-        return self.val_fraction > 0
+        return self.folds is not None or self.val_fraction > 0
 
     def empty_val_hint(self) -> str:
         """How to get a validation split, for the error that says it is empty."""
@@ -444,8 +470,10 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
             )
         train = [items[i] for i in train_idx]
         self.check_sample(items)
-        by_group = f" (split by {self.group_name}: each {self.group_name} on one side)" if self.group_name != "image" else ""
-        log.info("%s: %d training and %d validation images%s", self.kind, len(train_idx), len(val_idx), by_group)
+        by_group = (f" (split by {self.group_name}: each {self.group_name} on one side)"
+                    if self.group_name != "image" and self.split_by == "group" else "")
+        fold = f", fold {self.fold} of {self.folds}" if self.folds else ""
+        log.info("%s: %d training and %d validation images%s%s", self.kind, len(train_idx), len(val_idx), by_group, fold)
         self._normalizer = Normalizer(self.resolved_normalize())
         self.train_dataset = self.make_dataset(train, self.augment)
         self.val_dataset = self.make_dataset([items[i] for i in val_idx], None)

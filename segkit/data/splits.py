@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["group_split", "read_name_list", "stratified_split"]
+__all__ = ["group_kfold", "group_split", "read_name_list", "stratified_split"]
 
 
 def stratified_split(
@@ -60,6 +60,49 @@ def group_split(
     val_groups = {names[i] for i in order[:n_val]}
     train = [i for i in range(len(keys)) if groups[i] not in val_groups]
     val = [i for i in range(len(keys)) if groups[i] in val_groups]
+    return sorted(train, key=lambda i: keys[i]), sorted(val, key=lambda i: keys[i])
+
+
+def group_kfold(
+    keys: Sequence[str], groups: Sequence[str], folds: int, fold: int, seed: int, strata: Sequence[int] | None = None
+) -> tuple[list[int], list[int]]:
+    """Fold ``fold`` of ``folds`` for validation, the other folds for training.
+
+    Every group (a car, a scene) lies wholly in one fold. Groups are dealt to the folds
+    largest first (ties in an order drawn by ``seed``), each to the fold holding the fewest
+    items of its stratum so far, so folds are balanced in items and, with ``strata`` (e.g.
+    ship / no ship), in each stratum. The folds depend only on the ``(key, group,
+    stratum)`` triples and ``seed``: ``fold=0..folds-1`` together validate every item once.
+
+    Returns:
+        ``(train_indices, val_indices)``, each sorted by key.
+    """
+    if folds < 2:
+        raise ValueError(f"data.folds must be at least 2 (or null for one train/validation split), got {folds}")
+    if not 0 <= fold < folds:
+        raise ValueError(f"data.fold must be one of 0..{folds - 1} for data.folds={folds}, got {fold}")
+    names = sorted(set(groups))
+    if len(names) < folds:
+        raise ValueError(f"data.folds={folds} needs at least {folds} split groups, the data has {len(names)}: "
+                         f"lower data.folds, or add data")
+    size: dict[str, int] = {}
+    stratum: dict[str, int] = {}
+    for index, group in enumerate(groups):
+        size[group] = size.get(group, 0) + 1
+        value = int(strata[index]) if strata is not None else 0
+        stratum[group] = max(stratum.get(group, value), value)
+    shuffled = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    shuffled.sort(key=lambda g: -size[g])  # stable: largest first, ties in the drawn order
+    levels = sorted(set(stratum.values()))
+    load = np.zeros((len(levels), folds), dtype=np.int64)
+    assigned: dict[str, int] = {}
+    for group in shuffled:
+        row = levels.index(stratum[group])
+        target = min(range(folds), key=lambda f: (load[row, f], load[:, f].sum(), f))
+        assigned[group] = target
+        load[row, target] += size[group]
+    train = [i for i in range(len(keys)) if assigned[groups[i]] != fold]
+    val = [i for i in range(len(keys)) if assigned[groups[i]] == fold]
     return sorted(train, key=lambda i: keys[i]), sorted(val, key=lambda i: keys[i])
 
 
