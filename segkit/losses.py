@@ -18,7 +18,8 @@ this module holds one small class per loss and the registry. Losses take numbers
 the training set-up (:func:`segkit.stage.resolve_loss_config`) before a loss is built, and
 no loss reads a file.
 
-Losses written here: ``unified_focal``, ``focal_tversky``, ``bce_dice``, ``weighted_ce``.
+Losses written here: ``unified_focal``, ``focal_tversky``, ``bce_dice``, ``weighted_ce``,
+``ce``, ``dice_ce`` (nnU-Net's) and ``compound`` (a weighted sum of named losses).
 From segmentation-models-pytorch, with the mode chosen from ``num_classes``: ``dice``,
 ``jaccard``, ``lovasz``, ``focal``.
 """
@@ -45,6 +46,8 @@ from segkit.loss_functional import (
 __all__ = [
     "LOSSES",
     "BCEDiceLoss",
+    "CompoundLoss",
+    "DiceCELoss",
     "FocalTverskyLoss",
     "SmpLoss",
     "UnifiedFocalLoss",
@@ -382,6 +385,95 @@ def _weighted_ce(
             "set-up (segkit.stage.resolve_loss_config) reads it for weights: auto; pass the weights themselves"
         )
     return WeightedCELoss(num_classes, weights=weights, normalize_by=normalize_by, ignore_index=ignore_index)
+
+
+# ------------------------------------------------------------------ dice_ce
+class DiceCELoss(nn.Module):
+    """nnU-Net's default loss: ``ce_weight · (B)CE + dice_weight · (1 − foreground soft Dice)``.
+
+    As nnU-Net's ``DC_and_CE_loss`` computes it: the Dice of each class is
+    ``(2·TP + s) / (2·TP + FP + FN + s)`` with soft counts, s = 1e-5; with ``batch_dice``
+    (nnU-Net's default for 2-D) the counts are summed over the whole batch, otherwise each
+    image has its own Dice and the images are averaged; the mean is over the foreground
+    classes (``include_background=False``; binary: the foreground). nnU-Net adds ``−Dice``;
+    ``1 − Dice`` here differs by a constant, so the gradients are the same and the loss
+    stays positive. Binary uses the sigmoid form (BCE).
+
+    Args:
+        ce_weight, dice_weight: weights of the two terms (nnU-Net: 1 and 1).
+        smooth: s in the Dice.
+        batch_dice: counts over the batch (True) or per image (False).
+        include_background: count class 0 in the Dice mean.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        ce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        smooth: float = 1e-5,
+        batch_dice: bool = True,
+        include_background: bool = False,
+        ignore_index: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.binary = num_classes == 1
+        self.ce_weight = ce_weight
+        self.dice_weight = dice_weight
+        self.smooth = smooth
+        self.batch_dice = batch_dice
+        self.first = 0 if include_background and not self.binary else 1
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        ce = cross_entropy(logits, target, self.ignore_index)
+        probs, one_hot, valid = class_probabilities(logits, target, self.ignore_index)
+        dims = (0, 2, 3) if self.batch_dice else (2, 3)
+        tp, fn, fp = soft_counts(probs[:, self.first:], one_hot[:, self.first:], valid, dims)
+        dice = dice_score(tp, fn, fp, self.smooth, "plain")
+        return self.ce_weight * ce + self.dice_weight * (1.0 - dice.mean())
+
+
+register_loss("dice_ce")(DiceCELoss)
+
+
+@register_loss("ce")
+def _ce(num_classes: int, ignore_index: int | None = None) -> WeightedCELoss:
+    """Plain cross-entropy (binary: BCE), the mean over valid pixels."""
+    return WeightedCELoss(num_classes, weights=None, ignore_index=ignore_index)
+
+
+# ----------------------------------------------------------------- compound
+class CompoundLoss(nn.Module):
+    """A weighted sum of named losses: ``Σ weight_i · loss_i(logits, target)``.
+
+    ``terms``: ``[{name: ce, weight: 1}, {name: dice, weight: 1, smooth: 1}, ...]``; each
+    term is built by :func:`build_loss` with its other keys as parameters (``weight``
+    defaults to 1). Class weights of a ``weighted_ce`` term are numbers here too: the
+    training set-up resolves ``weights: auto`` inside terms as well.
+    """
+
+    def __init__(self, num_classes: int, terms: Sequence[Any] = ({"name": "ce", "weight": 1.0}, {"name": "dice", "weight": 1.0}),
+                 ignore_index: int | None = None) -> None:
+        super().__init__()
+        if not terms:
+            raise ValueError("compound: terms is empty; give [{name: <loss>, weight: <number>}, ...]")
+        losses, weights = [], []
+        for position, term in enumerate(terms):
+            params = dict(term)
+            name = params.pop("name", None)
+            if name is None or name == "compound":
+                raise ValueError(f"compound: term {position} ({term}) needs a name of another loss: {', '.join(sorted(LOSSES))}")
+            weights.append(float(params.pop("weight", 1.0)))
+            losses.append(build_loss(name, num_classes, ignore_index=ignore_index, **params))
+        self.terms = nn.ModuleList(losses)
+        self.weights = weights
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return sum(w * loss(logits, target) for w, loss in zip(self.weights, self.terms))
+
+
+register_loss("compound")(CompoundLoss)
 
 
 # ------------------------------------------------------------ smp's own losses

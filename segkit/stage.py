@@ -73,6 +73,8 @@ def resolve_loss_config(loss: dict[str, Any], num_classes: int, datamodule: Any 
     if loss.get("weights") == "auto":
         path = path or getattr(datamodule, "class_stats_path", None)
         loss["weights"] = read_class_weights(path, label_count(num_classes))
+    if loss.get("terms"):  # loss=compound: each term resolved the same way
+        loss["terms"] = [resolve_loss_config(dict(term), num_classes, datamodule) for term in loss["terms"]]
     return loss
 
 

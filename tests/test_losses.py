@@ -73,6 +73,24 @@ def test_weighted_ce_by_hand():
 
 
 # --------------------------------------------------------- numpy references
+def nnunet_dice_ce(logits, target, smooth=1e-5, batch_dice=True, include_background=False, ignore=None):
+    """nnU-Net's DC_and_CE_loss (MemoryEfficientSoftDiceLoss + CE), written out in numpy, plus 1."""
+    probs, g, valid = ref.probs_and_onehot(logits, target, ignore)
+    probs = probs * valid
+    first = 0 if include_background and logits.shape[1] > 1 else 1
+    axes = (0, 2, 3) if batch_dice else (2, 3)
+    tp = (probs * g).sum(axis=axes)[..., first:]
+    fp = (probs * (1 - g) * valid).sum(axis=axes)[..., first:]
+    fn = ((1 - probs) * g).sum(axis=axes)[..., first:]
+    dc = (2 * tp + smooth) / np.clip(2 * tp + fp + fn + smooth, 1e-8, None)
+    return ref.weighted_ce(logits, target, None, ignore) + 1.0 - dc.mean()
+
+
+def compound_default(logits, target, ignore=None):
+    """loss=compound with its default terms: CE + smp Dice."""
+    return ref.weighted_ce(logits, target, None, ignore) + ref.dice(logits, target, ignore)
+
+
 REFERENCES = {
     "unified_focal": (ref.unified_focal, [{}, {"variant": "asymmetric"}, {"per_image": True},
                                           {"variant": "asymmetric", "per_image": True, "weight": 0.2, "delta": 0.7, "gamma": 0.3}]),
@@ -83,10 +101,14 @@ REFERENCES = {
     "jaccard": (ref.jaccard, [{}]),
     "focal": (ref.focal, [{}, {"gamma": 1.0}]),
     "lovasz": (ref.lovasz, [{}]),
+    "dice_ce": (nnunet_dice_ce, [{}, {"batch_dice": False}, {"include_background": True}]),
+    "ce": (ref.weighted_ce, [{}]),
+    "compound": (compound_default, [{}]),
 }
 REF_ARGS = {"variant": "variant", "weight": "lam", "delta": "delta", "gamma": "gamma", "per_image": "per_image",
             "alpha": "alpha", "beta": "beta", "reduction": "reduction", "weights": "weights",
-            "bce_weight": "bce_weight", "dice_weight": "dice_weight"}
+            "bce_weight": "bce_weight", "dice_weight": "dice_weight", "batch_dice": "batch_dice",
+            "include_background": "include_background"}
 
 
 def test_every_registered_loss_has_a_reference():
@@ -203,7 +225,7 @@ def test_float_binary_target_equals_long():
 
 # ------------------------------------------------------------ bad arguments
 def test_bad_arguments_are_named():
-    with pytest.raises(ValueError, match="unknown loss 'dicey'; available: bce_dice, dice, focal, focal_tversky"):
+    with pytest.raises(ValueError, match="unknown loss 'dicey'; available: bce_dice, ce, compound, dice, dice_ce, focal, focal_tversky"):
         build_loss("dicey", num_classes=1)
     with pytest.raises(ValueError, match="variant must be 'symmetric' or 'asymmetric'"):
         build_loss("unified_focal", num_classes=1, variant="sideways")
@@ -418,3 +440,59 @@ def test_weighted_ce_normalised_by_pixels_as_the_dota_project(num_classes, ignor
     assert value(default, logits, target) != pytest.approx(expected, rel=1e-3)
     with pytest.raises(ValueError, match="normalize_by must be 'weights' or 'pixels'"):
         build_loss("weighted_ce", num_classes=num_classes, weights=weights, normalize_by="n")
+
+
+# ------------------------------------------------------ dice_ce and compound
+@pytest.mark.parametrize("num_classes", [1, 4])
+@pytest.mark.parametrize("batch_dice", [True, False])
+def test_dice_ce_is_nnunets_loss(num_classes, batch_dice):
+    logits, target = sample(num_classes, seed=5)
+    loss = make("dice_ce", num_classes, batch_dice=batch_dice)
+    expected = nnunet_dice_ce(logits.numpy(), target.numpy(), batch_dice=batch_dice)
+    assert value(loss, logits, target) == pytest.approx(expected, rel=1e-12)
+
+
+def test_dice_ce_leaves_ignored_pixels_out():
+    logits, target = sample(3, seed=6)
+    target[0, :2] = 255
+    loss = make("dice_ce", 3, ignore_index=255)
+    assert value(loss, logits, target) == pytest.approx(nnunet_dice_ce(logits.numpy(), target.numpy(), ignore=255), rel=1e-12)
+
+
+def test_compound_is_the_weighted_sum_of_its_terms():
+    logits, target = sample(3, seed=7)
+    terms = [{"name": "ce", "weight": 0.5}, {"name": "focal_tversky", "weight": 2.0, "gamma": 1.0}, {"name": "dice"}]
+    expected = (0.5 * value(make("ce", 3), logits, target) + 2.0 * value(make("focal_tversky", 3, gamma=1.0), logits, target)
+                + value(make("dice", 3), logits, target))
+    assert value(make("compound", 3, terms=terms), logits, target) == pytest.approx(expected, rel=1e-12)
+    default = make("compound", 3)
+    assert value(default, logits, target) == pytest.approx(
+        value(make("ce", 3), logits, target) + value(make("dice", 3), logits, target), rel=1e-12)
+
+
+@pytest.mark.parametrize("terms, message", [
+    ([], "compound: terms is empty"),
+    ([{"weight": 1.0}], r"compound: term 0 \({'weight': 1.0}\) needs a name of another loss"),
+    ([{"name": "compound"}], "needs a name of another loss"),
+    ([{"name": "nope"}], "unknown loss 'nope'"),
+    ([{"name": "ce", "gamma": 2}], r"loss 'ce': .*gamma"),
+])
+def test_compound_terms_that_cannot_be_built_are_named(terms, message):
+    with pytest.raises(ValueError, match=message):
+        make("compound", 3, terms=terms)
+
+
+def test_weights_auto_inside_a_compound_term_are_resolved_from_class_stats(tmp_path):
+    import json
+
+    from segkit.stage import resolve_loss_config
+
+    (tmp_path / "class_stats.json").write_text(json.dumps({"weights": [0.5, 1.5, 3.0]}))
+    cfg = {"name": "compound", "terms": [{"name": "weighted_ce", "weight": 1.0, "weights": "auto",
+                                          "class_stats": str(tmp_path / "class_stats.json")}, {"name": "dice"}]}
+    resolved = resolve_loss_config(cfg, num_classes=3)
+    assert resolved["terms"][0] == {"name": "weighted_ce", "weight": 1.0, "weights": [0.5, 1.5, 3.0]}
+    loss = make("compound", 3, terms=resolved["terms"])
+    logits, target = sample(3, seed=8)
+    assert value(loss, logits, target) == pytest.approx(
+        ref.weighted_ce(logits.numpy(), target.numpy(), [0.5, 1.5, 3.0]) + value(make("dice", 3), logits, target), rel=1e-12)
