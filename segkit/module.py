@@ -264,5 +264,13 @@ class SegmentationModule(L.LightningModule):
         if not scheduler_cfg:
             return optimizer
         scheduler_cfg = dict(scheduler_cfg)
-        scheduler = instantiate(dict(scheduler_cfg.pop("scheduler")), optimizer=optimizer)
+        inner = dict(scheduler_cfg.pop("scheduler"))
+        extra: dict[str, Any] = {}
+        if inner.get("total_steps") == "auto":  # scheduler=poly: the run's optimizer steps, from the trainer
+            inner["total_steps"] = float(self.trainer.estimated_stepping_batches)
+        if inner.pop("follow_max_time", False):  # and the time budget, when trainer.max_time sets one
+            from lightning.pytorch.callbacks import Timer
+
+            extra["timer"] = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        scheduler = instantiate(inner, optimizer=optimizer, **extra)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **scheduler_cfg}}

@@ -161,3 +161,36 @@ def test_slurm_launcher_config_composes(launcher):
     cfg = compose_config("train", [f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.gpus_per_node == 1
+
+
+def test_ema_validates_saves_and_resumes_the_average(tmp_path):
+    """callbacks=ema: the best checkpoint holds the averaged weights that were validated
+    (segkit-eval of it gives the logged best val/dice), and a run killed after its first
+    epoch resumes both the raw weights and their average bit-exactly."""
+    args = [*TINY, *DETERMINISTIC, "callbacks=ema", "callbacks.ema.decay=0.5", "trainer.max_epochs=2"]
+    straight = run(*args, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    last = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert any(not torch.equal(last["state_dict"][k], last["current_model_state"][k]) for k in last["state_dict"])
+
+    # the weights saved as best are the ones that were validated: validating them again gives the logged score
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from segkit.checkpoint import load_checkpoint
+
+    metrics = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    loaded = load_checkpoint(tmp_path / "straight" / "checkpoints" / "best.ckpt")
+    datamodule = instantiate({**loaded.data, "num_workers": 0}, _convert_="all")
+    trainer = L.Trainer(accelerator="cpu", precision="32-true", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    again = trainer.validate(loaded.module, datamodule=datamodule, verbose=False)[0]
+    assert again["val/dice"] == pytest.approx(metrics["best"]["val/dice"], abs=1e-7)
+
+    killed = tmp_path / "killed"
+    kill_after_checkpoint([*args, f"hydra.run.dir={killed}"], killed / "checkpoints" / "last.ckpt", tmp_path)
+    resumed = run(f"resume={killed}", f"hydra.run.dir={tmp_path / 'resume-log'}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ours = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    for section in ("state_dict", "current_model_state"):
+        for key, value in last[section].items():
+            assert torch.equal(ours[section][key], value), (section, key)
