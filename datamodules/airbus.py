@@ -163,6 +163,9 @@ class AirbusDataModule(RleCsvMasks, SegmentationDataModule):
                 "ship-less ones: raise data.background_ratio")
 
     def train_sampler(self, items: list[Item]) -> BackgroundRatioSampler:
+        if self.sampling != "uniform":
+            raise ValueError(f"data.sampling={self.sampling}: Airbus has one class, whose images are all drawn every "
+                             "epoch; data.background_ratio sets the share of ship-free images")
         has_ship = np.array([i.mask is not None for i in items])
         return BackgroundRatioSampler(
             positives=np.flatnonzero(has_ship),

@@ -86,7 +86,7 @@ def _class_stats(datamodule: Any) -> tuple[dict[str, Any], str]:
     dataset = datamodule.train_dataset
     n_labels = label_count(datamodule.num_classes)
     fingerprint = hashlib.sha1(
-        "\n".join([datamodule.fingerprint(), str(n_labels), str(datamodule.ignore_index), *dataset.names]).encode()
+        "\n".join(["presence-1", datamodule.fingerprint(), str(n_labels), str(datamodule.ignore_index), *dataset.names]).encode()
     ).hexdigest()
     path = datamodule.class_stats_path
     if path.is_file():
@@ -97,9 +97,13 @@ def _class_stats(datamodule: Any) -> tuple[dict[str, Any], str]:
     from tqdm.auto import tqdm
 
     counts = np.zeros(n_labels, dtype=np.int64)
+    presence: dict[str, list[int]] = {}  # the classes of each image, for data.sampling=repeat_factor
     for index in tqdm(range(len(dataset)), desc="counting class pixels", unit="mask"):
-        counts += count_pixels(dataset.load_mask(index), n_labels, datamodule.ignore_index)
-    stats = write_class_stats(path, counts, datamodule.class_names, images=len(dataset), extra={"fingerprint": fingerprint})
+        image_counts = count_pixels(dataset.load_mask(index), n_labels, datamodule.ignore_index)
+        counts += image_counts
+        presence[dataset.names[index]] = np.flatnonzero(image_counts).tolist()
+    stats = write_class_stats(path, counts, datamodule.class_names, images=len(dataset),
+                              extra={"fingerprint": fingerprint, "presence": presence})
     plot_class_distribution(stats, path.with_name(PLOT_FILE))
     stats["path"] = str(path)
     return stats, f"class statistics of {len(dataset)} training images written to {path} (plot: {path.with_name(PLOT_FILE)})"

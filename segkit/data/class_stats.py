@@ -29,6 +29,7 @@ __all__ = [
     "image_stats",
     "inverse_frequency_weights",
     "read_class_weights",
+    "read_class_presence",
     "read_image_stats",
     "write_class_stats",
 ]
@@ -130,3 +131,21 @@ def read_class_weights(path: str | os.PathLike | None, n_labels: int) -> list[fl
     if len(weights) != n_labels:
         raise ValueError(f"{path}: has weights for {len(weights)} classes, the model has {n_labels}")
     return [float(w) for w in weights]
+
+
+def read_class_presence(path: str | os.PathLike, names: Sequence[str]) -> list[list[int]]:
+    """The classes present in each of ``names`` (training images), from the ``presence`` that
+    ``segkit-prepare`` writes into ``class_stats.json``."""
+    path = Path(path)
+    how = "run `segkit-prepare dataset=<name> data.root=<your data>` (with the same data.* settings as training)"
+    if not path.is_file():
+        raise FileNotFoundError(f"data.sampling=repeat_factor reads the classes of each image from {path}, which "
+                                f"does not exist yet: {how}")
+    presence = json.loads(path.read_text()).get("presence")
+    if presence is None:
+        raise ValueError(f"{path} has no per-image class presence (written by an older segkit): {how}")
+    unknown = [n for n in names if n not in presence]
+    if unknown:
+        raise ValueError(f"{path} was written for another training split ({len(unknown)} of {len(names)} training "
+                         f"images unknown to it, e.g. {unknown[0]!r}): {how}")
+    return [list(presence[n]) for n in names]

@@ -27,11 +27,11 @@ from torch.utils.data import DataLoader, Sampler
 
 from segkit.data.cache import default_cache_dir
 from segkit.data.checks import FileChecks
-from segkit.data.class_stats import CLASS_STATS_FILE, IMAGE_STATS_FILE, image_stats
+from segkit.data.class_stats import CLASS_STATS_FILE, IMAGE_STATS_FILE, image_stats, read_class_presence
 from segkit.data.datasets import BAD_FILE_POLICIES, ImageMaskDataset, ImageSpec, MaskValues, label_count
 from segkit.data.io import DEFAULT_MAX_IMAGE_PIXELS, require_writable, write_json_atomic
 from segkit.data.normalize import Normalizer
-from segkit.data.sampling import EpochShuffleSampler, ShardSampler
+from segkit.data.sampling import EpochShuffleSampler, RepeatFactorSampler, ShardSampler, repeat_factors
 from segkit.data.splits import group_kfold, group_split
 from segkit.data.transforms import build_pipeline
 from segkit.errors import format_problems
@@ -67,6 +67,7 @@ class Scan:
 
 MISSING_POLICIES = ("error", "skip")
 SPLIT_BY = ("group", "item")
+SAMPLINGS = ("uniform", "repeat_factor")
 
 
 class _Default:
@@ -85,6 +86,7 @@ BASE_DEFAULTS: dict[str, Any] = {
     "num_workers": 2, "pin_memory": None, "val_fraction": 0.2, "seed": 42, "cache_dir": None,
     "augment": None, "normalize": None, "ignore_index": None, "max_image_pixels": DEFAULT_MAX_IMAGE_PIXELS,
     "missing": "error", "on_bad_file": "error", "split_by": "group", "folds": None, "fold": 0,
+    "sampling": "uniform", "repeat_threshold": 0.3,
 }
 
 
@@ -123,6 +125,11 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
             one side; ``item``: every item on its own.
         folds, fold: ``folds=K`` splits the groups into K balanced folds (deterministic by
             ``seed``) and validates on fold ``fold`` (0..K-1); ``None``: ``val_fraction``.
+        sampling: ``uniform`` (default): every training image once per epoch;
+            ``repeat_factor``: images containing rare classes repeated (needs the class
+            statistics of ``segkit-prepare``), see ``repeat_threshold``.
+        repeat_threshold: the images of a class found in a share ``f`` below this of the
+            training images are drawn about ``sqrt(threshold / f)`` times per epoch.
         on_bad_file: ``error`` (default): a file that cannot be used during training stops the
             run with one line naming it; ``skip``: it is logged, replaced by the next readable
             item, and counted in ``metrics.json`` (``skipped_files``).
@@ -157,6 +164,8 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
         split_by: str = DEFAULT,
         folds: int | None = DEFAULT,
         fold: int = DEFAULT,
+        sampling: str = DEFAULT,
+        repeat_threshold: float = DEFAULT,
     ) -> None:
         given = {key: value for key, value in locals().items() if key in BASE_DEFAULTS}
         settings = {key: copy.deepcopy(self.defaults.get(key, BASE_DEFAULTS[key])) if value is DEFAULT else value
@@ -172,6 +181,8 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
         if self.fixed_in_channels and settings["in_channels"] != channels:
             raise ValueError(f"{self.kind} images have {channels} channel(s): data.in_channels must be {channels}, "
                              f"got {settings['in_channels']}")
+        if settings["sampling"] not in SAMPLINGS:
+            raise ValueError(f"data.sampling must be one of {', '.join(SAMPLINGS)}, got {settings['sampling']!r}")
         if settings["split_by"] not in SPLIT_BY:
             raise ValueError(f"data.split_by must be one of {', '.join(SPLIT_BY)}, got {settings['split_by']!r}")
         folds_, fold_ = settings["folds"], settings["fold"]
@@ -201,6 +212,8 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
         self.split_by: str = settings["split_by"]
         self.folds: int | None = None if settings["folds"] is None else int(settings["folds"])
         self.fold: int = int(settings["fold"])
+        self.sampling: str = settings["sampling"]
+        self.repeat_threshold: float = float(settings["repeat_threshold"])
         self.skipped_files: dict[str, str] = {}  # on_bad_file=skip: file -> why, as batches reported them
         self.checked_missing: list[str] = []  # check(): the files without counterpart it found
         self._scan: Scan | None = None
@@ -261,7 +274,16 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
         return "check the split settings"
 
     def train_sampler(self, items: list[Item]) -> Sampler:
-        """The training sampler; by default every item once per epoch, shuffled by (seed, epoch)."""
+        """The training sampler: every item once per epoch, shuffled by (seed, epoch); with
+        ``data.sampling=repeat_factor`` images with rare classes repeated (:func:`repeat_factors`
+        of the per-image classes ``segkit-prepare`` recorded)."""
+        if self.sampling == "repeat_factor":
+            presence = read_class_presence(self.class_stats_path, [i.name for i in items])
+            factors = repeat_factors(presence, self.repeat_threshold)
+            sampler = RepeatFactorSampler(factors, seed=self.seed)
+            log.info("data.sampling=repeat_factor: %d draws per epoch from %d training images (largest factor %.2f)",
+                     len(sampler), len(items), float(factors.max()) if len(factors) else 1.0)
+            return sampler
         return EpochShuffleSampler(len(items), seed=self.seed)
 
     # --------------------------------------------------------------- locations

@@ -14,12 +14,21 @@ validation set without repeating images, so metrics equal a single-process run.
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = ["BackgroundRatioSampler", "EpochShuffleSampler", "ShardSampler", "background_subset"]
+__all__ = [
+    "BackgroundRatioSampler",
+    "EpochShuffleSampler",
+    "RepeatFactorSampler",
+    "ShardSampler",
+    "background_subset",
+    "repeat_factors",
+]
 
 SeededIndex = tuple[int, int]
 
@@ -122,6 +131,59 @@ class BackgroundRatioSampler(_EpochSampler):
 
     def _indices(self, rng: np.random.Generator) -> np.ndarray:
         return np.concatenate([self.positives, background_subset(self.negatives, self.ratio, rng)])
+
+
+def repeat_factors(presence: Sequence[Sequence[int]], threshold: float) -> np.ndarray:
+    """Repeat-factor sampling weights (Gupta et al., LVIS, CVPR 2019): image ``i`` gets
+    ``r_i = max(1, max over the classes c it contains of sqrt(threshold / f_c))``, where
+    ``f_c`` is the share of images that contain class ``c``: the images of a class found
+    in fewer than ``threshold`` of the images are drawn about ``sqrt(threshold / f_c)``
+    times per epoch.
+
+    Args:
+        presence: the classes present in each image.
+        threshold: ``t``; classes in at least this share of the images are not repeated.
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"data.repeat_threshold must be in (0, 1], got {threshold}")
+    if not len(presence):
+        return np.zeros(0)
+    images_with = Counter(c for classes in presence for c in set(classes))
+    share = {c: n / len(presence) for c, n in images_with.items()}
+    return np.array([max([1.0] + [math.sqrt(threshold / share[c]) for c in set(classes)]) for classes in presence])
+
+
+class RepeatFactorSampler(_EpochSampler):
+    """Each image about ``factor`` times per epoch: ``floor(factor)`` times, plus once more
+    for ``round(Σ frac(factor))`` images drawn without replacement with probability
+    proportional to their fractional parts, by (seed, epoch). Every epoch has the same
+    length, ``round(Σ factor)``.
+
+    Args:
+        factors: one repeat factor (>= 1) per dataset index, e.g. :func:`repeat_factors`.
+        seed: base seed; epoch ``e`` draws from ``(seed, e)``.
+        shuffle: shuffle the drawn indices.
+    """
+
+    def __init__(self, factors: Sequence[float], seed: int = 0, shuffle: bool = True) -> None:
+        super().__init__(seed, shuffle)
+        self.factors = np.asarray(factors, dtype=np.float64)
+        if (self.factors < 1.0).any():
+            raise ValueError("repeat factors must be >= 1")
+        self.whole = np.floor(self.factors).astype(np.int64)
+        fraction = self.factors - self.whole
+        self.extra = int(round(fraction.sum()))
+        self.fraction = fraction / fraction.sum() if self.extra else fraction
+
+    def _count(self) -> int:
+        return int(self.whole.sum()) + self.extra
+
+    def _indices(self, rng: np.random.Generator) -> np.ndarray:
+        indices = np.repeat(np.arange(len(self.factors), dtype=np.int64), self.whole)
+        if self.extra:
+            extra = rng.choice(len(self.factors), size=self.extra, replace=False, p=self.fraction)
+            indices = np.concatenate([indices, extra.astype(np.int64)])
+        return indices
 
 
 class ShardSampler(Sampler[int]):
