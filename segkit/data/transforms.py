@@ -14,14 +14,71 @@ from typing import Any
 import albumentations as A
 import numpy as np
 import torch
+from albumentations.augmentations.crops.transforms import BaseCrop
 
-__all__ = ["build_augmentations", "build_pipeline", "to_sample"]
+__all__ = ["ForegroundCrop", "SEGKIT_TRANSFORMS", "build_augmentations", "build_pipeline", "to_sample"]
 
 Size = int | Sequence[int] | None
 
 
+class ForegroundCrop(BaseCrop):
+    """A ``height x width`` crop that holds foreground as often as asked: nnU-Net's oversampling.
+
+    With probability ``foreground_share`` a class is drawn uniformly among the classes the
+    mask holds (every value but ``background`` and ``ignore_values``), then one of its
+    pixels, and the crop is placed at random around that pixel (clipped to the image);
+    otherwise, and when the mask holds no such class, the crop is placed anywhere. So rare
+    classes are in a third of the crops (the default) however small they are, where a plain
+    random crop of a large image mostly holds background. Seeded like every albumentations
+    transform (per sample, per epoch, by segkit's samplers).
+
+    Args:
+        height, width: the crop, no larger than the image (pad first: ``data.pad_multiple``).
+        foreground_share: share of crops centred on a pixel of a drawn class (nnU-Net: 1/3).
+        background: the mask value that is never drawn.
+        ignore_values: other mask values never drawn (e.g. ``ignore_index``).
+        p: probability of cropping at all (1: always).
+    """
+
+    def __init__(self, height: int, width: int, foreground_share: float = 1 / 3, background: int = 0,
+                 ignore_values: Sequence[int] | None = None, p: float = 1.0) -> None:
+        super().__init__(p=p)
+        if height < 1 or width < 1 or not 0.0 <= foreground_share <= 1.0:
+            raise ValueError(f"ForegroundCrop: height and width >= 1 and foreground_share in [0, 1] needed, got "
+                             f"{height}, {width}, {foreground_share}")
+        self.height, self.width = int(height), int(width)
+        self.foreground_share = float(foreground_share)
+        self.background = background
+        self.ignore_values = list(ignore_values or [])
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        image_height, image_width = params["shape"][:2]
+        if self.height > image_height or self.width > image_width:
+            raise ValueError(f"ForegroundCrop: the crop {self.height}x{self.width} is larger than the image "
+                             f"{image_height}x{image_width}: choose a smaller crop, or resize or pad the images first")
+        x_min = self.py_random.randint(0, image_width - self.width)
+        y_min = self.py_random.randint(0, image_height - self.height)
+        mask = data.get("mask")
+        if mask is not None and self.py_random.random() < self.foreground_share:
+            classes = [int(v) for v in np.unique(mask) if v != self.background and v not in self.ignore_values]
+            if classes:
+                ys, xs = np.nonzero(mask == self.py_random.choice(classes))
+                pick = self.py_random.randrange(len(ys))
+                x_min = int(np.clip(xs[pick] - self.py_random.randint(0, self.width - 1), 0, image_width - self.width))
+                y_min = int(np.clip(ys[pick] - self.py_random.randint(0, self.height - 1), 0, image_height - self.height))
+        return {"crop_coords": (x_min, y_min, x_min + self.width, y_min + self.height)}
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("height", "width", "foreground_share", "background", "ignore_values")
+
+
+#: segkit's own transforms, usable by ``type:`` in an augmentation spec beside albumentations'
+SEGKIT_TRANSFORMS: dict[str, type[A.BasicTransform]] = {"ForegroundCrop": ForegroundCrop}
+
+
 def build_augmentations(spec: Mapping[str, Mapping[str, Any] | None] | None) -> list[A.BasicTransform]:
-    """Instantiate ``{name: {type: ClassName, **kwargs}}`` entries; ``None`` entries are skipped."""
+    """Instantiate ``{name: {type: ClassName, **kwargs}}`` entries (albumentations' transforms and
+    :data:`SEGKIT_TRANSFORMS`); ``None`` entries are skipped."""
     transforms: list[A.BasicTransform] = []
     for name, entry in (spec or {}).items():
         if entry is None:
@@ -30,9 +87,10 @@ def build_augmentations(spec: Mapping[str, Mapping[str, Any] | None] | None) -> 
         type_name = params.pop("type", None)
         if type_name is None:
             raise ValueError(f"augmentation {name!r} has no 'type' (an albumentations class name)")
-        cls = getattr(A, type_name, None)
+        cls = SEGKIT_TRANSFORMS.get(type_name) or getattr(A, type_name, None)
         if cls is None:
-            raise ValueError(f"augmentation {name!r}: albumentations has no transform {type_name!r}")
+            raise ValueError(f"augmentation {name!r}: albumentations has no transform {type_name!r} "
+                             f"(segkit adds {', '.join(SEGKIT_TRANSFORMS)})")
         accepted = {
             n for n, p in inspect.signature(cls.__init__).parameters.items()
             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n != "self"
