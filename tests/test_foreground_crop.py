@@ -78,3 +78,11 @@ def test_a_dataset_trains_on_foreground_crops_from_its_augment_config(tmp_path):
     for index in range(len(dm.train_dataset)):
         sample = model_sample(dm, dm.train_dataset, index)
         assert sample["image"].shape[-2:] == (16, 16) and (sample["mask"] > 0).any()
+
+
+def test_the_pipeline_never_draws_the_padding_label():
+    from segkit.data.transforms import build_pipeline
+
+    pipeline = build_pipeline(None, {"crop": {"type": "ForegroundCrop", "height": 8, "width": 8}}, mask_fill=255)
+    assert pipeline.transforms[0].ignore_values == [255]
+    assert build_pipeline(None, {"crop": {"type": "ForegroundCrop", "height": 8, "width": 8}}).transforms[0].ignore_values == []

@@ -145,7 +145,11 @@ def build_pipeline(
                 position="top_left", fill=0, fill_mask=mask_fill,
             )
         )
-    steps.extend(build_augmentations(augment))
+    augmentations = build_augmentations(augment)
+    for transform in augmentations:  # the padding label (ignore_index) is no class to look for
+        if isinstance(transform, ForegroundCrop) and mask_fill not in (transform.background, *transform.ignore_values):
+            transform.ignore_values.append(mask_fill)
+    steps.extend(augmentations)
     return A.Compose(steps)
 
 
