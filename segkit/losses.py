@@ -26,7 +26,8 @@ From segmentation-models-pytorch, with the mode chosen from ``num_classes``: ``d
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import segmentation_models_pytorch.losses as smp_losses
@@ -73,6 +74,13 @@ def build_loss(name: str, num_classes: int, ignore_index: int | None = None, **p
         raise ValueError(f"unknown loss {name!r}; available: {', '.join(sorted(LOSSES))}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    signature = inspect.signature(LOSSES[name])
+    if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        accepted = set(signature.parameters) - {"num_classes", "ignore_index", "self"}
+        unknown = sorted(set(params) - accepted)
+        if unknown:
+            raise ValueError(f"loss {name!r}: unknown parameter(s) {', '.join(unknown)}; it takes "
+                             f"{', '.join(sorted(accepted)) or 'none'}")
     try:
         return LOSSES[name](num_classes=num_classes, ignore_index=ignore_index, **params)
     except TypeError as err:
@@ -459,13 +467,23 @@ class CompoundLoss(nn.Module):
         if not terms:
             raise ValueError("compound: terms is empty; give [{name: <loss>, weight: <number>}, ...]")
         losses, weights = [], []
+        others = ", ".join(sorted(n for n in LOSSES if n != "compound"))
         for position, term in enumerate(terms):
+            if not isinstance(term, Mapping):
+                raise ValueError(f"compound: term {position} ({term!r}) is not {{name: <loss>, weight: <number>}}: "
+                                 "write loss.terms=[{name: ce, weight: 1}, {name: dice, weight: 1}]")
             params = dict(term)
             name = params.pop("name", None)
             if name is None or name == "compound":
-                raise ValueError(f"compound: term {position} ({term}) needs a name of another loss: {', '.join(sorted(LOSSES))}")
-            weights.append(float(params.pop("weight", 1.0)))
-            losses.append(build_loss(name, num_classes, ignore_index=ignore_index, **params))
+                raise ValueError(f"compound: term {position} ({term}) needs a name of another loss: {others}")
+            try:
+                weights.append(float(params.pop("weight", 1.0)))
+            except (TypeError, ValueError):
+                raise ValueError(f"compound: term {position} ({name}): weight {term['weight']!r} is not a number") from None
+            try:
+                losses.append(build_loss(name, num_classes, ignore_index=ignore_index, **params))
+            except ValueError as err:
+                raise ValueError(f"compound: term {position} ({name}): {err}") from None
         self.terms = nn.ModuleList(losses)
         self.weights = weights
 

@@ -102,6 +102,10 @@ def _class_stats(datamodule: Any) -> tuple[dict[str, Any], str]:
         image_counts = count_pixels(dataset.load_mask(index), n_labels, datamodule.ignore_index)
         counts += image_counts
         presence[dataset.names[index]] = np.flatnonzero(image_counts).tolist()
+    held_out = datamodule.val_dataset  # every image's classes, so any fold's training split finds its own
+    for index in tqdm(range(len(held_out or [])), desc="classes of the other images", unit="mask"):
+        presence[held_out.names[index]] = np.flatnonzero(
+            count_pixels(held_out.load_mask(index), n_labels, datamodule.ignore_index)).tolist()
     stats = write_class_stats(path, counts, datamodule.class_names, images=len(dataset),
                               extra={"fingerprint": fingerprint, "presence": presence})
     plot_class_distribution(stats, path.with_name(PLOT_FILE))

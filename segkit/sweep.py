@@ -112,5 +112,11 @@ class SweepSummary(Callback):
             best = rows[0]
             log.info("sweep of %d runs; best %s=%.4f in run %s (%s); summary in %s", len(rows), best["monitor"],
                      best["best"], best["run"], best["overrides"], Path(config.hydra.sweep.dir) / "summary.md")
-            print(f"sweep summary: {Path(config.hydra.sweep.dir) / 'summary.md'} (best: run {best['run']}, "
-                  f"{best['monitor']}={best['best']:.4f}, {best['overrides']})")
+            folds = fold_summary(rows)
+            if folds:  # cross-validation: the folds' mean is the result, not the best fold
+                print(f"sweep summary: {Path(config.hydra.sweep.dir) / 'summary.md'}; cross-validation of "
+                      f"{best['monitor']} (overrides | folds | mean | std | min | max):")
+                print("\n".join(line for line in folds if line.startswith("| `")))
+            else:
+                print(f"sweep summary: {Path(config.hydra.sweep.dir) / 'summary.md'} (best: run {best['run']}, "
+                      f"{best['monitor']}={best['best']:.4f}, {best['overrides']})")

@@ -85,8 +85,12 @@ def test_airbus_folds_keep_ship_and_ship_free_images_in_every_fold(tmp_path):
 
 
 def test_settings_that_choose_validation_twice_are_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"data.folds=1 data.fold=0: data.folds must be at least 2"):
+    with pytest.raises(ValueError, match=r"data.folds=1: K-fold cross-validation needs data.folds of at least 2"):
         make_datamodule("oilseep", tmp_path, tmp_path, folds=1)
+    with pytest.raises(ValueError, match=r"data.folds=3 data.fold=3: data.fold must be one of 0..2"):
+        make_datamodule("oilseep", tmp_path, tmp_path, folds=3, fold=3)
+    with pytest.raises(ValueError, match=r"data.fold=2 chooses a fold, but data.folds is not set: add data.folds=K"):
+        make_datamodule("oilseep", tmp_path, tmp_path, fold=2)
     with pytest.raises(ValueError, match=r"data.split_by must be one of group, item, got 'scene'"):
         make_datamodule("oilseep", tmp_path, tmp_path, split_by="scene")
     write_fixture("buildings", tmp_path / "b")
@@ -121,5 +125,7 @@ def test_cli_trains_every_fold_and_the_summary_gives_their_spread(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = (sweep / "summary.md").read_text()
     assert "## Cross-validation" in summary and "| 0,1 |" in summary
+    assert "cross-validation of val/dice (overrides | folds | mean | std | min | max):" in result.stdout
+    assert "| `(none)` | 0,1 |" in result.stdout
     logs = [(sweep / str(run) / "train.log").read_text() for run in (0, 1)]
     assert "fold 0 of 2" in logs[0] and "fold 1 of 2" in logs[1]

@@ -71,12 +71,17 @@ def test_prepare_records_each_images_classes_and_training_repeats_the_rare_ones(
     dm = make_datamodule("oilseep", tmp_path / "o", tmp_path, sampling="repeat_factor", cache_dir=str(tmp_path / "w"))
     dm.setup("fit")
     names = dm.train_dataset.names
-    assert sorted(stats["presence"]) == sorted(names)
-    for name in names:  # presence is what the mask holds
-        mask = dm.train_dataset.load_mask(names.index(name))
-        assert stats["presence"][name] == sorted(np.unique(mask).tolist())
+    assert sorted(stats["presence"]) == sorted(names + dm.val_dataset.names)  # every image: any fold finds its own
+    for dataset in (dm.train_dataset, dm.val_dataset):  # presence is what the mask holds
+        for index, name in enumerate(dataset.names):
+            assert stats["presence"][name] == sorted(np.unique(dataset.load_mask(index)).tolist())
     factors = repeat_factors([stats["presence"][n] for n in names], 0.3)
     assert len(dm._train_sampler) == round(factors.sum()) and factors.max() > 1.4  # seep7, in one training tile
+    for fold in range(3):  # one segkit-prepare serves every fold of a cross-validation
+        fold_dm = make_datamodule("oilseep", tmp_path / "o", tmp_path, sampling="repeat_factor", cache_dir=str(tmp_path / "w"),
+                                  folds=3, fold=fold)
+        fold_dm.setup("fit")
+        assert len(fold_dm._train_sampler) >= len(fold_dm.train_dataset)
 
 
 def test_repeat_factor_sampling_without_class_statistics_says_what_to_run(tmp_path):

@@ -133,11 +133,11 @@ def read_class_weights(path: str | os.PathLike | None, n_labels: int) -> list[fl
     return [float(w) for w in weights]
 
 
-def read_class_presence(path: str | os.PathLike, names: Sequence[str]) -> list[list[int]]:
+def read_class_presence(path: str | os.PathLike, names: Sequence[str], dataset: str = "<name>") -> list[list[int]]:
     """The classes present in each of ``names`` (training images), from the ``presence`` that
-    ``segkit-prepare`` writes into ``class_stats.json``."""
+    ``segkit-prepare`` writes into ``class_stats.json`` for every image of the dataset."""
     path = Path(path)
-    how = "run `segkit-prepare dataset=<name> data.root=<your data>` (with the same data.* settings as training)"
+    how = f"run `segkit-prepare dataset={dataset} data.root=<your data>` (with the same data.* settings as training)"
     if not path.is_file():
         raise FileNotFoundError(f"data.sampling=repeat_factor reads the classes of each image from {path}, which "
                                 f"does not exist yet: {how}")
@@ -146,6 +146,6 @@ def read_class_presence(path: str | os.PathLike, names: Sequence[str]) -> list[l
         raise ValueError(f"{path} has no per-image class presence (written by an older segkit): {how}")
     unknown = [n for n in names if n not in presence]
     if unknown:
-        raise ValueError(f"{path} was written for another training split ({len(unknown)} of {len(names)} training "
+        raise ValueError(f"{path} was written for other data ({len(unknown)} of {len(names)} training "
                          f"images unknown to it, e.g. {unknown[0]!r}): {how}")
     return [list(presence[n]) for n in names]

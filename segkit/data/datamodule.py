@@ -186,9 +186,14 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
         if settings["split_by"] not in SPLIT_BY:
             raise ValueError(f"data.split_by must be one of {', '.join(SPLIT_BY)}, got {settings['split_by']!r}")
         folds_, fold_ = settings["folds"], settings["fold"]
-        if folds_ is not None and (int(folds_) < 2 or not 0 <= int(fold_) < int(folds_)):
-            raise ValueError(f"data.folds={folds_} data.fold={fold_}: data.folds must be at least 2 and data.fold one of "
-                             f"0..{max(int(folds_), 2) - 1} (or data.folds=null for one train/validation split)")
+        if folds_ is None and fold_ not in (0, None):
+            raise ValueError(f"data.fold={fold_} chooses a fold, but data.folds is not set: add data.folds=K "
+                             "(K-fold cross-validation), or leave data.fold out")
+        if folds_ is not None and int(folds_) < 2:
+            raise ValueError(f"data.folds={folds_}: K-fold cross-validation needs data.folds of at least 2 "
+                             "(or data.folds=null for one train/validation split)")
+        if folds_ is not None and not 0 <= int(fold_) < int(folds_):
+            raise ValueError(f"data.folds={folds_} data.fold={fold_}: data.fold must be one of 0..{int(folds_) - 1}")
         super().__init__()
         self.save_hyperparameters()
         self.hparams.update(settings)  # the values in force, not the DEFAULT marker
@@ -278,7 +283,7 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
         ``data.sampling=repeat_factor`` images with rare classes repeated (:func:`repeat_factors`
         of the per-image classes ``segkit-prepare`` recorded)."""
         if self.sampling == "repeat_factor":
-            presence = read_class_presence(self.class_stats_path, [i.name for i in items])
+            presence = read_class_presence(self.class_stats_path, [i.name for i in items], self.kind)
             factors = repeat_factors(presence, self.repeat_threshold)
             sampler = RepeatFactorSampler(factors, seed=self.seed)
             log.info("data.sampling=repeat_factor: %d draws per epoch from %d training images (largest factor %.2f)",
