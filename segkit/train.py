@@ -8,6 +8,7 @@ run directory (:mod:`segkit.rundir`), write the config, then fit one stage
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from segkit.data.io import write_json_atomic
 from segkit.recipes import run_recipe
 from segkit.resume import UNRESOLVED_CONFIG, has_last_checkpoint, locate_resume
-from segkit.rundir import claim_run_dir, release_run_dir
+from segkit.rundir import claim_run_dir, process_rank, release_run_dir
 from segkit.runtime import resolve_accelerator, resolve_precision
 from segkit.stage import fit_stage
 
@@ -50,10 +51,34 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         run_dir = Path(cfg.paths.run_dir)
     # one live run per directory (segkit.rundir); also the directory a resume continues in
     claim_run_dir(run_dir, "resume" if resuming else "hydra.run.dir")
+    continued_log = _continue_run_log(run_dir) if resuming else None
     try:
         return _train_in(cfg, run_dir, resuming, started)
     finally:
+        if continued_log is not None:
+            logging.getLogger().removeHandler(continued_log)
+            continued_log.close()
         release_run_dir(run_dir)
+
+
+def _continue_run_log(run_dir: Path) -> logging.Handler | None:
+    """A resumed run's log goes on in its own ``train.log`` (after a line saying so), as well
+    as in the resume command's Hydra folder; rank 0 only."""
+    if process_rank() != 0:
+        return None
+    root = logging.getLogger()
+    own = next((h for h in root.handlers if isinstance(h, logging.FileHandler)), None)
+    path = run_dir / "train.log"
+    if own is not None and Path(own.baseFilename).resolve() == path.resolve():
+        return None  # hydra.run.dir is the run itself: its log already continues
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    if own is not None:
+        handler.setFormatter(own.formatter)
+    handler.setLevel(logging.INFO)
+    root.addHandler(handler)
+    where = f" (this command's own log: {own.baseFilename})" if own is not None else ""
+    log.info("---- resumed at %s by: %s%s", time.strftime("%Y-%m-%d %H:%M:%S"), " ".join(sys.argv), where)
+    return handler
 
 
 def _train_in(cfg: DictConfig, run_dir: Path, resuming: bool, started: float) -> dict[str, Any]:

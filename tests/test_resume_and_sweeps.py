@@ -66,6 +66,10 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     assert_same_weights(tmp_path / "straight" / "checkpoints" / "last.ckpt", killed / "checkpoints" / "last.ckpt")
     history = json.loads((killed / "metrics.json").read_text())["history"]
     assert [row["epoch"] for row in history] == [0, 1, 2, 3]  # the whole history survives the kill
+    log = (killed / "train.log").read_text()  # the run's own log goes on after the resume
+    after = log.split("---- resumed at ", 1)
+    assert len(after) == 2 and f"this command's own log: {tmp_path / 'resume-log' / 'train.log'}" in after[1]
+    assert "`Trainer.fit` stopped: `max_epochs=4` reached" in after[1]
 
 
 @pytest.mark.slow
