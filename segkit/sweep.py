@@ -104,7 +104,15 @@ def fold_summary(rows: list[dict[str, Any]]) -> list[str]:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: writes the sweep summary when a multirun ends."""
+    """Hydra callback: rewrites the sweep summary as each job ends (so a sweep that stops at a
+    failed job still has the table of the runs that finished) and reports it when the multirun ends."""
+
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            write_sweep_summary(HydraConfig.get().sweep.dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         rows = write_sweep_summary(config.hydra.sweep.dir)

@@ -129,3 +129,13 @@ def test_cli_trains_every_fold_and_the_summary_gives_their_spread(tmp_path):
     assert "| `(none)` | 0,1 |" in result.stdout
     logs = [(sweep / str(run) / "train.log").read_text() for run in (0, 1)]
     assert "fold 0 of 2" in logs[0] and "fold 1 of 2" in logs[1]
+
+
+def test_a_sweep_that_stops_at_a_failed_job_keeps_the_summary_of_the_runs_before_it(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_segkit("segkit-train", "-m", "data.folds=3", "data.fold=0,5", "trainer.fast_dev_run=1",
+                        f"hydra.sweep.dir={sweep}", *TINY_TRAIN, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "segkit-train: error: data.folds=3 data.fold=5: data.fold must be one of 0..2" in result.stderr
+    summary = (sweep / "summary.md").read_text()
+    assert "1 runs, best first" in summary and "## Cross-validation" in summary  # fold 0, written when it ended
