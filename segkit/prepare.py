@@ -96,16 +96,17 @@ def _class_stats(datamodule: Any) -> tuple[dict[str, Any], str]:
             return stats, f"class statistics {path} are up to date: nothing to do"
     from tqdm.auto import tqdm
 
-    counts = np.zeros(n_labels, dtype=np.int64)
-    presence: dict[str, list[int]] = {}  # the classes of each image, for data.sampling=repeat_factor
-    for index in tqdm(range(len(dataset)), desc="counting class pixels", unit="mask"):
-        image_counts = count_pixels(dataset.load_mask(index), n_labels, datamodule.ignore_index)
-        counts += image_counts
-        presence[dataset.names[index]] = np.flatnonzero(image_counts).tolist()
-    held_out = datamodule.val_dataset  # every image's classes, so any fold's training split finds its own
-    for index in tqdm(range(len(held_out or [])), desc="classes of the other images", unit="mask"):
-        presence[held_out.names[index]] = np.flatnonzero(
-            count_pixels(held_out.load_mask(index), n_labels, datamodule.ignore_index)).tolist()
+    counts = np.zeros(n_labels, dtype=np.int64)  # pixels of the training split
+    # the classes of every image (validation too, so any fold's training split finds its own),
+    # for data.sampling=repeat_factor
+    presence: dict[str, list[int]] = {}
+    for part, counted, desc in ((dataset, True, "counting class pixels"),
+                                (datamodule.val_dataset, False, "classes of the other images")):
+        for index in tqdm(range(len(part or [])), desc=desc, unit="mask"):
+            image_counts = count_pixels(part.load_mask(index), n_labels, datamodule.ignore_index)
+            if counted:
+                counts += image_counts
+            presence[part.names[index]] = np.flatnonzero(image_counts).tolist()
     stats = write_class_stats(path, counts, datamodule.class_names, images=len(dataset),
                               extra={"fingerprint": fingerprint, "presence": presence})
     plot_class_distribution(stats, path.with_name(PLOT_FILE))

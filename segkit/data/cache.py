@@ -14,7 +14,7 @@ import numpy as np
 
 from segkit.data.io import write_json_atomic, write_png_atomic
 
-__all__ = ["MaskCache", "default_cache_dir", "file_sha256"]
+__all__ = ["MaskCache", "default_cache_dir", "file_sha256", "stat_fingerprint"]
 
 MANIFEST = "manifest.json"
 log = logging.getLogger(__name__)
@@ -32,6 +32,16 @@ def default_cache_dir(kind: str, key: str) -> Path:
         base = os.path.join(xdg, "segkit")
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
     return Path(base) / f"{kind}-{digest}"
+
+
+def stat_fingerprint(paths: Iterable[str | os.PathLike], salt: str = "") -> str:
+    """SHA-1 over ``salt`` and each file's path, size and modification time: changes when any
+    of the files is added, removed, renamed or rewritten, without reading their contents."""
+    sha = hashlib.sha1(salt.encode())
+    for path in paths:
+        stat = os.stat(path)
+        sha.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return sha.hexdigest()
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

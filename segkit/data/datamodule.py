@@ -11,10 +11,8 @@ files (caches, patches, statistics) in a work folder outside the user's data.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from segkit.data.cache import default_cache_dir
+from segkit.data.cache import default_cache_dir, stat_fingerprint
 from segkit.data.checks import FileChecks
 from segkit.data.class_stats import CLASS_STATS_FILE, IMAGE_STATS_FILE, image_stats, read_class_presence
 from segkit.data.datasets import BAD_FILE_POLICIES, ImageMaskDataset, ImageSpec, MaskValues, label_count
@@ -362,13 +360,7 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
 
     def fingerprint(self) -> str:
         """Changes when any file of the dataset changes (names, sizes, modification times)."""
-        sha = hashlib.sha1()
-        for item in self.items():
-            for path in (item.image, item.mask):
-                if path is not None:
-                    stat = os.stat(path)
-                    sha.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-        return sha.hexdigest()
+        return stat_fingerprint(path for item in self.items() for path in (item.image, item.mask) if path is not None)
 
     # ------------------------------------------------------------------ stages
     def require_work_dir(self) -> Path:
@@ -396,15 +388,12 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
         items = self.items()
         train = [items[i] for i in self.split(items)[0]]
         scale = float((self.normalize or {}).get("max_pixel_value", 255.0))
-        sha = hashlib.sha1(f"{scale}|{self.in_channels}".encode())
-        for item in train:
-            stat = os.stat(item.image)
-            sha.update(f"{item.image}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-        if path.is_file() and json.loads(path.read_text()).get("fingerprint") == sha.hexdigest():
+        fingerprint = stat_fingerprint((item.image for item in train), salt=f"{scale}|{self.in_channels}")
+        if path.is_file() and json.loads(path.read_text()).get("fingerprint") == fingerprint:
             return f"image statistics {path} are up to date"
         dataset = self.raw_dataset(train)
         stats = image_stats((dataset.load_image(i) for i in range(len(dataset))), scale)
-        write_json_atomic(path, {**stats, "images": len(train), "fingerprint": sha.hexdigest()})
+        write_json_atomic(path, {**stats, "images": len(train), "fingerprint": fingerprint})
         return f"image statistics of {len(train)} training images written to {path}"
 
     def prepare_data(self) -> None:
