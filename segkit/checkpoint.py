@@ -14,9 +14,11 @@ to repeat, no dataset statistics to recompute.
 
 from __future__ import annotations
 
+import glob
 import os
 import pickle
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,9 @@ import torch
 
 from segkit.module import CHECKPOINT_FORMAT, SegmentationModule
 
-__all__ = ["CHECKPOINT_FORMAT", "LoadedCheckpoint", "load_checkpoint", "read_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT", "LoadedCheckpoint", "checkpoint_paths", "load_checkpoint", "load_checkpoints", "read_checkpoint",
+]
 
 
 @dataclass
@@ -98,3 +102,60 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
         raise ValueError(f"{path}: the checkpoint does not rebuild a SegmentationModule: {err}") from err
     module.eval()
     return LoadedCheckpoint(path=path, module=module, preprocessing=dict(section["preprocessing"]), data=section.get("data"))
+
+
+def _run_checkpoint(run: Path) -> Path | None:
+    """A run directory's best checkpoint (its last one when it kept no best)."""
+    for name in ("best.ckpt", "last.ckpt"):
+        if (run / "checkpoints" / name).is_file():
+            return run / "checkpoints" / name
+    return None
+
+
+def checkpoint_paths(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """The checkpoint files ``ckpt=`` names: a file; a glob pattern (``'sweep/*/checkpoints/best.ckpt'``);
+    a run directory (its ``checkpoints/best.ckpt``, else ``last.ckpt``); a sweep directory (that
+    of every run in it, e.g. the folds of ``segkit-train -m data.fold=0,1,2,3,4``); or a list of
+    these. ``FileNotFoundError`` naming what matched nothing; ``ValueError`` for a file named twice
+    or a sweep run without a checkpoint (a failed run would otherwise drop out unseen)."""
+    specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    if not specs:
+        raise ValueError("ckpt=[]: name at least one checkpoint")
+    paths: list[Path] = []
+    for one in map(str, specs):
+        path = Path(one)
+        if path.is_file():
+            paths.append(path)
+        elif path.is_dir():
+            own = _run_checkpoint(path)
+            if own is not None:
+                paths.append(own)
+                continue
+            runs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith((".", "_")) and
+                          ((p / "checkpoints").is_dir() or (p / ".hydra").is_dir()))
+            if not runs:
+                raise FileNotFoundError(f"ckpt={one}: the folder is neither a run (no checkpoints/best.ckpt or "
+                                        "last.ckpt) nor a sweep of runs")
+            missing = [str(r) for r in runs if _run_checkpoint(r) is None]
+            if missing:
+                raise ValueError(f"ckpt={one}: run(s) {', '.join(missing)} have no checkpoint (failed or still "
+                                 "running?): finish them, or name the checkpoints to use (ckpt=[a.ckpt,b.ckpt])")
+            paths.extend(_run_checkpoint(r) for r in runs)
+        elif any(c in one for c in "*?["):
+            matched = sorted(Path(p) for p in glob.glob(one, recursive=True) if Path(p).is_file())
+            if not matched:
+                raise FileNotFoundError(f"ckpt={one}: the pattern matches no file")
+            paths.extend(matched)
+        else:
+            raise FileNotFoundError(f"{path}: checkpoint file not found")
+    seen: set[Path] = set()
+    for path in paths:
+        if path.resolve() in seen:
+            raise ValueError(f"ckpt: {path} is named twice (it would count double in the average)")
+        seen.add(path.resolve())
+    return paths
+
+
+def load_checkpoints(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[LoadedCheckpoint]:
+    """:func:`load_checkpoint` of every file :func:`checkpoint_paths` finds."""
+    return [load_checkpoint(path) for path in checkpoint_paths(spec)]

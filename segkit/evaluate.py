@@ -25,6 +25,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from segkit.metrics import confusion_matrices, dice_iou_from_confusion
 from segkit.predictor import build_predictor
 from segkit.rundir import claim_run_dir
 
-__all__ = ["EvalScores", "run_eval", "scores_from_confusions"]
+__all__ = ["EvalScores", "fold_family", "run_eval", "scores_from_confusions"]
 
 log = logging.getLogger(__name__)
 OUTPUT_FILES = ("report.md", "scores.json", "per_image.csv", "confusion.csv", "confusion.png")
@@ -138,73 +139,226 @@ def _default_output(ckpt: Path, split: str) -> Path:
     return run_dir / f"eval_{split}_{ckpt.stem}"
 
 
-def run_eval(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate ``cfg.ckpt`` on a split of a dataset; returns the content of ``scores.json``."""
-    from tqdm.auto import tqdm
+def _default_ensemble_output(paths: list[Path], combine: str) -> Path:
+    """Beside the runs: ``<sweep dir>/eval_<combine>`` for the runs of one sweep."""
+    runs = [p.parent.parent if p.parent.name == "checkpoints" else p.parent for p in paths]
+    parents = {r.parent for r in runs}
+    base = parents.pop() if len(parents) == 1 else Path(os.path.commonpath([str(r) for r in runs]))
+    return base / f"eval_{combine}"
 
-    from segkit.visualize import confusion_heatmap, error_panel
 
-    started = time.perf_counter()
-    loaded = load_checkpoint(cfg.ckpt)
-    split = str(cfg.split)
-    if split not in ("val", "train", "all"):
-        raise ValueError(f"split={split}: choose val, train or all")
-    output = Path(str(cfg.output)) if cfg.get("output") else _default_output(Path(str(cfg.ckpt)), split)
-    refuse_overwrite([output / name for name in OUTPUT_FILES], bool(cfg.overwrite))
-    claim_run_dir(output, "output")  # writable, and no other live segkit process writing into it
-    data_cfg = _data_config(cfg, loaded)
-    datamodule = instantiate(data_cfg, _convert_="all")
-    if label_count(datamodule.num_classes) != label_count(loaded.num_classes):
+def fold_family(members: list[LoadedCheckpoint]) -> bool:
+    """Whether the checkpoints are folds of one cross-validation: the same recorded data, with
+    ``folds`` set, differing in ``fold`` only."""
+    datas = [m.data for m in members]
+    if any(d is None or not d.get("folds") for d in datas):
+        return False
+    strip = [{k: v for k, v in d.items() if k != "fold"} for d in datas]
+    return all(s == strip[0] for s in strip[1:])
+
+
+def _check_oof(members: list[LoadedCheckpoint]) -> None:
+    """``ValueError`` unless the members are distinct folds of one cross-validation."""
+    for m in members:
+        if m.data is None or not m.data.get("folds"):
+            raise ValueError(f"combine=oof scores each fold's model on its own held-out fold, but {m.path} was not "
+                             "trained with data.folds=K (it has no fold): use combine=ensemble")
+    first = members[0]
+    for m in members[1:]:
+        differing = sorted(k for k in set(first.data) | set(m.data) if k != "fold" and first.data.get(k) != m.data.get(k))
+        if differing:
+            raise ValueError(f"combine=oof: {first.path} and {m.path} are not folds of one cross-validation: "
+                             f"their data settings differ in {', '.join('data.' + k for k in differing)}")
+    folds: dict[int, Path] = {}
+    for m in members:
+        fold = int(m.data.get("fold", 0))
+        if fold in folds:
+            raise ValueError(f"combine=oof: {folds[fold]} and {m.path} were both trained holding out fold {fold}: "
+                             "keep one checkpoint per fold")
+        folds[fold] = m.path
+
+
+def _combine(cfg: DictConfig, members: list[LoadedCheckpoint]) -> str:
+    """``single``, ``ensemble`` or ``oof``, from ``cfg.combine`` (``auto``: out-of-fold for the
+    folds of one cross-validation scored on their own data, else the ensemble)."""
+    combine = str(cfg.get("combine") or "auto")
+    if combine not in ("auto", "ensemble", "oof"):
+        raise ValueError(f"combine={combine}: choose auto, ensemble or oof")
+    if len(members) == 1:
+        if combine == "oof":
+            raise ValueError("combine=oof needs the checkpoints of every fold (ckpt=<sweep folder> or a list)")
+        return "single"
+    own_data = cfg.get("data") is None
+    if combine == "auto":
+        combine = "oof" if own_data and fold_family(members) else "ensemble"
+    if combine == "oof":
+        if not own_data:
+            raise ValueError("combine=oof scores each fold on its own held-out images, from the checkpoints: "
+                             "leave dataset= and data.* out (or use combine=ensemble on other data)")
+        if str(cfg.split) != "val":
+            raise ValueError(f"combine=oof scores the held-out fold of each model: split={cfg.split} does not apply "
+                             "(leave split out)")
+        _check_oof(members)
+    elif own_data and fold_family(members):
         raise ValueError(
-            f"the dataset has {datamodule.num_classes} classes (data.num_classes) but {cfg.ckpt} predicts {loaded.num_classes}"
-        )
-    datamodule.prepare_data()
+            "these checkpoints are the folds of one cross-validation: every image of their data was trained on "
+            "by one of them, so their ensemble cannot be scored on it. Score them out-of-fold (combine=oof: each "
+            "image by the fold that held it out), or point dataset=/data.root= at images none of them trained on")
+    return combine
+
+
+class _Part:
+    """One model (or the ensemble) with the images it scores."""
+
+    def __init__(self, datamodule: Any, dataset: Any, predictor: Any, label: str) -> None:
+        self.datamodule, self.dataset, self.predictor, self.label = datamodule, dataset, predictor, label
+
+
+def _split_items(datamodule: Any, split: str) -> list[Any]:
     items = datamodule.items()
     train_idx, val_idx = datamodule.split(items)
     chosen = {"val": val_idx, "train": train_idx, "all": list(range(len(items)))}[split]
     if not chosen:
         raise ValueError(f"the {split} split of {datamodule.kind} data at {datamodule.root} is empty")
-    dataset = datamodule.evaluation_dataset([items[i] for i in chosen])
-    count = min(len(dataset), int(cfg.limit)) if cfg.get("limit") else len(dataset)
-    predictor = build_predictor(loaded, cfg)
+    return [items[i] for i in chosen]
+
+
+def _datamodule(data_cfg: dict[str, Any], loaded: LoadedCheckpoint, ckpt: str) -> Any:
+    datamodule = instantiate(data_cfg, _convert_="all")
+    if label_count(datamodule.num_classes) != label_count(loaded.num_classes):
+        raise ValueError(
+            f"the dataset has {datamodule.num_classes} classes (data.num_classes) but {ckpt} predicts {loaded.num_classes}"
+        )
+    datamodule.prepare_data()
+    return datamodule
+
+
+def _parts(cfg: DictConfig, members: list[LoadedCheckpoint], combine: str, split: str) -> list[_Part]:
+    if combine != "oof":
+        datamodule = _datamodule(_data_config(cfg, members[0]), members[0], str(members[0].path))
+        dataset = datamodule.evaluation_dataset(_split_items(datamodule, split))
+        label = "ensemble" if combine == "ensemble" else str(members[0].path)
+        return [_Part(datamodule, dataset, build_predictor(members, cfg), label)]
+    parts, seen = [], {}
+    for m in sorted(members, key=lambda m: int(m.data.get("fold", 0))):
+        datamodule = _datamodule(dict(m.data), m, str(m.path))
+        dataset = datamodule.evaluation_dataset(_split_items(datamodule, "val"))
+        for name in dataset.names:
+            if name in seen:
+                raise ValueError(f"combine=oof: {name} is held out by both {seen[name]} and {m.path}: "
+                                 "these are not the folds of one cross-validation")
+            seen[name] = m.path
+        parts.append(_Part(datamodule, dataset, build_predictor(m, cfg), f"fold {m.data.get('fold', 0)}"))
+    return parts
+
+
+def run_eval(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.ckpt`` (one checkpoint, or several: an ensemble, or the folds of a
+    cross-validation scored out-of-fold) on a split of a dataset; returns ``scores.json``."""
+    from tqdm.auto import tqdm
+
+    from segkit.checkpoint import checkpoint_paths
+    from segkit.postprocess import POSTPROCESS_FILE, ComponentTally, apply_min_sizes, read_postprocessing
+    from segkit.visualize import confusion_heatmap, error_panel
+
+    started = time.perf_counter()
+    split = str(cfg.split)
+    if split not in ("val", "train", "all"):
+        raise ValueError(f"split={split}: choose val, train or all")
+    paths = checkpoint_paths(cfg.ckpt)
+    members = [load_checkpoint(p) for p in paths]
+    combine = _combine(cfg, members)
+    loaded = members[0]
+    postprocess = cfg.get("postprocess")
+    fit = postprocess == "fit"
+    names_out = list(OUTPUT_FILES) + ([POSTPROCESS_FILE] if fit else [])
+    if cfg.get("output"):
+        output = Path(str(cfg.output))
+    elif combine == "single":
+        output = _default_output(paths[0], split)
+    else:
+        output = _default_ensemble_output(paths, combine)
+    refuse_overwrite([output / name for name in names_out], bool(cfg.overwrite))
+    claim_run_dir(output, "output")  # writable, and no other live segkit process writing into it
+    min_sizes, connectivity = (None, 8)
+    if postprocess and not fit:
+        min_sizes, connectivity = read_postprocessing(str(postprocess), loaded.class_names)
+    parts = _parts(cfg, members, combine, split)
     hp = loaded.module.hparams
+    k = label_count(loaded.num_classes)
     scores = EvalScores(loaded.class_names, hp.ignore_index, bool(hp.include_background) and loaded.num_classes > 1)
-    worst: list[tuple[float, int, np.ndarray]] = []  # max-heap on the score (negated) of the worst N
+    tally = ComponentTally(k, hp.ignore_index, int(cfg.get("connectivity") or 8)) if fit else None
+    worst: list[tuple[float, int, int, np.ndarray]] = []  # max-heap on the score (negated) of the worst N
     n_worst = int(cfg.worst)
-    for index in tqdm(range(count), unit="img", desc=f"eval {split}"):
-        image, target = dataset.load(index)
-        image = predictor.preprocessing.check(image, dataset.image_paths[index])
-        labels = predictor.predict(image).labels
-        score = scores.add(dataset.names[index], target, labels)
-        if n_worst > 0:
-            entry = (-score, -index, labels)
-            if len(worst) < n_worst:
-                heapq.heappush(worst, entry)
-            elif entry[:2] > worst[0][:2]:
-                heapq.heapreplace(worst, entry)
+    limit = int(cfg.limit) if cfg.get("limit") else None
+    if combine != "single":
+        log.info("%s of %d checkpoints: %s", "out-of-fold scores" if combine == "oof" else "ensemble (logits averaged)",
+                 len(members), ", ".join(str(p) for p in paths))
+    for p, part in enumerate(parts):
+        count = len(part.dataset) if limit is None else min(len(part.dataset), limit)
+        desc = f"eval {split}" + (f" ({part.label})" if combine == "oof" else "")
+        for index in tqdm(range(count), unit="img", desc=desc):
+            image, target = part.dataset.load(index)
+            image = part.predictor.preprocessing.check(image, part.dataset.image_paths[index])
+            labels = part.predictor.predict(image).labels
+            if tally is not None:
+                tally.add(target, labels)
+            if min_sizes is not None:
+                labels = apply_min_sizes(labels, min_sizes, connectivity)
+            score = scores.add(part.dataset.names[index], target, labels)
+            if n_worst > 0:
+                entry = (-score, -p, -index, labels)
+                if len(worst) < n_worst:
+                    heapq.heappush(worst, entry)
+                elif entry[:3] > worst[0][:3]:
+                    heapq.heapreplace(worst, entry)
 
     summary = scores.summary()
     settings = OmegaConf.to_container(cfg, resolve=True)
-    summary.update(checkpoint=str(cfg.ckpt), dataset=datamodule.kind, root=str(datamodule.root), split=split,
-                   settings={**{k: settings.get(k) for k in ("tile", "overlap", "tta", "threshold")},
-                             "precision": predictor.precision},  # as used (auto resolved)
-                   windows=predictor.windows_run)
+    first = parts[0].datamodule
+    summary.update(checkpoint=str(paths[0]) if combine == "single" else [str(p) for p in paths],
+                   combine=combine, dataset=first.kind, root=str(first.root), split=split,
+                   settings={**{k: settings.get(k) for k in ("tile", "overlap", "tta", "threshold", "postprocess")},
+                             "precision": parts[0].predictor.precision},  # as used (auto resolved)
+                   windows=sum(part.predictor.windows_run for part in parts))
+    if combine == "oof":
+        total = len(first.items())
+        summary["coverage"] = {"images_scored": summary["images"], "dataset_images": total,
+                               "folds": [int(m.data.get("fold", 0)) for m in members],
+                               "of_folds": int(loaded.data["folds"])}
     output.mkdir(parents=True, exist_ok=True)
+    if tally is not None:
+        fitted = tally.fit(scores.total, loaded.class_names)
+        source = {"checkpoints": [str(p) for p in paths], "combine": combine, "split": split,
+                  "root": str(first.root), "images": summary["images"]}
+        from segkit.postprocess import write_postprocessing
+
+        write_postprocessing(output / POSTPROCESS_FILE, fitted, loaded.class_names, tally.connectivity, source)
+        summary["postprocessing"] = {
+            "file": str(output / POSTPROCESS_FILE), "classes": fitted["classes"],
+            "scores_after": scores_from_confusions(fitted["confusion_after"], [], loaded.class_names, scores.first),
+        }
     per_image = pd.DataFrame(scores.rows)
     write_bytes_atomic(output / "per_image.csv", per_image.to_csv(index=False, float_format="%.6f").encode())
     confusion = pd.DataFrame(scores.total, index=pd.Index(loaded.class_names, name="truth \\ prediction"), columns=loaded.class_names)
     write_bytes_atomic(output / "confusion.csv", confusion.to_csv().encode())
-    confusion_heatmap(output / "confusion.png", scores.total, loaded.class_names, f"{datamodule.kind} {split}: pixel confusion")
+    confusion_heatmap(output / "confusion.png", scores.total, loaded.class_names, f"{first.kind} {split}: pixel confusion")
 
-    ranked = sorted(((-neg, -negi, labels) for neg, negi, labels in worst), key=lambda e: (e[0], e[1]))
+    ranked = sorted(((-neg, -negp, -negi, labels) for neg, negp, negi, labels in worst), key=lambda e: (e[0], e[1], e[2]))
     panels = []
-    for rank, (_score, index, labels) in enumerate(ranked, start=1):
+    row_of = {}
+    offset = 0
+    for p, part in enumerate(parts):
+        row_of[p] = offset
+        offset += len(part.dataset) if limit is None else min(len(part.dataset), limit)
+    for rank, (_score, p, index, labels) in enumerate(ranked, start=1):
+        dataset = parts[p].dataset
         image, target = dataset.load(index)
         name = dataset.names[index]
         path = output / "worst" / f"{rank:02d}_{Path(name).stem}.png"
         if path.exists() and not cfg.overwrite:
             raise FileExistsError(f"{path} exists: pass overwrite=true to replace it")
-        row = scores.rows[index]
+        row = scores.rows[row_of[p] + index]
         error_panel(path, image, target, labels, len(loaded.class_names),
                     f"{name}: Dice {row['dice']:.3f}, IoU {row['iou']:.3f}", hp.ignore_index, class_names=loaded.class_names)
         panels.append({"rank": rank, "name": name, "dice": row["dice"], "iou": row["iou"], "panel": str(path.relative_to(output))})
@@ -213,6 +367,8 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     write_json_atomic(output / "scores.json", summary)
     write_bytes_atomic(output / "report.md", format_report(summary).encode())
     log.info("%s", format_scores(summary))
+    if "postprocessing" in summary:
+        log.info("%s", format_postprocessing(summary))
     log.info("report: %s", output / "report.md")
     summary["output"] = str(output)
     return summary
@@ -237,16 +393,42 @@ def format_scores(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_postprocessing(summary: dict[str, Any]) -> str:
+    """Plain-text lines: the fitted sizes and each class's Dice before and after."""
+    pp = summary["postprocessing"]
+    lines = [f"post-processing fitted on these {summary['images']} images (written to {pp['file']}):"]
+    for name, c in pp["classes"].items():
+        change = (f"components under {c['min_size']} px removed ({c['removed']} of {c['components']}): Dice "
+                  f"{_fmt(c['dice_before'])} -> {_fmt(c['dice_after'])}" if c["min_size"] else
+                  f"nothing removed (no size raised its Dice {_fmt(c['dice_before'])})")
+        lines.append(f"  {name}: {change}")
+    return "\n".join(lines)
+
+
 def format_report(summary: dict[str, Any]) -> str:
     """The Markdown report: scores, confusion matrix, worst images."""
     s = summary
+    combine = s.get("combine", "single")
+    if combine == "single":
+        what = [f"- checkpoint: `{s['checkpoint']}`"]
+    elif combine == "ensemble":
+        what = [f"- ensemble of {len(s['checkpoint'])} checkpoints, logits averaged: "
+                + ", ".join(f"`{c}`" for c in s["checkpoint"])]
+    else:
+        cov = s["coverage"]
+        what = [f"- out-of-fold: each image scored by the model of the fold that held it out "
+                f"(folds {', '.join(map(str, cov['folds']))} of {cov['of_folds']}; {cov['images_scored']} of the "
+                f"{cov['dataset_images']} images)", *[f"  - `{c}`" for c in s["checkpoint"]]]
+    pp = s["settings"].get("postprocess")
     lines = [
-        f"# segkit-eval: {s['dataset']}, {s['split']} split",
+        f"# segkit-eval: {s['dataset']}, {s['split']} split" + {"oof": " (out-of-fold)", "ensemble": " (ensemble)"}.get(combine, ""),
         "",
-        f"- checkpoint: `{s['checkpoint']}`",
+        *what,
         f"- data: `{s['root']}` — {s['images']} images, scored at their own resolution",
         f"- inference: precision {s['settings']['precision']}, tile {s['settings']['tile']}, "
         f"TTA {', '.join(s['settings']['tta'] or []) or 'none'}; {s['seconds']} s",
+        *([f"- post-processing: {pp}" if pp != "fit" else
+           "- post-processing: fitted here, scores below are before it (see the section after them)"] if pp else []),
         f"- pixel accuracy {s['pixel_accuracy']:.4f}; means over {', '.join(s['mean_over'])}",
         "",
         "## Scores",
@@ -271,6 +453,18 @@ def format_report(summary: dict[str, Any]) -> str:
         "![confusion matrix](confusion.png)",
         "",
     ]
+    if "postprocessing" in s:
+        lines += ["## Post-processing fitted on these images", "",
+                  "Per class, predicted components smaller than the size chosen here become class 0 "
+                  "(sizes tried: powers of two; kept only where the class's Dice rises). Written to "
+                  f"[{Path(s['postprocessing']['file']).name}]({Path(s['postprocessing']['file']).name}); apply it with "
+                  "`postprocess=<that file>` in segkit-predict or segkit-eval. The Dice after it is measured on the "
+                  "same images it was chosen on: optimistic.", "",
+                  "| class | min size (px) | components removed | Dice before | Dice after |", "|---|---:|---:|---:|---:|"]
+        for name, c in s["postprocessing"]["classes"].items():
+            lines.append(f"| {name} | {c['min_size']} | {c['removed']} of {c['components']} | {_fmt(c['dice_before'])} | "
+                         f"{_fmt(c['dice_after'])} |")
+        lines.append("")
     if s["worst"]:
         lines += [f"## The {len(s['worst'])} worst images by per-image Dice", "",
                   "Panels: image | ground truth | prediction | errors (green correct, red false positive, "

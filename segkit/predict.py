@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from segkit.checkpoint import load_checkpoint
+from segkit.checkpoint import checkpoint_paths, load_checkpoint
 from segkit.data.datasets import label_count
 from segkit.data.io import (
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -45,6 +45,7 @@ from segkit.data.io import (
     write_png_atomic,
 )
 from segkit.errors import format_problems
+from segkit.postprocess import apply_min_sizes, read_postprocessing
 from segkit.predictor import Predictor, Preprocessing, build_predictor
 from segkit.rundir import claim_run_dir
 from segkit.submission import FORMATS, SubmissionWriter
@@ -200,15 +201,20 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"format={fmt}: choose masks, {', '.join(FORMATS)}")
     with_masks = cfg.save_masks if cfg.save_masks is not None else fmt == "masks"
     cfg = OmegaConf.merge(cfg, {"save_masks": bool(with_masks)})
-    loaded = load_checkpoint(cfg.ckpt)
+    paths = checkpoint_paths(cfg.ckpt)
+    members = [load_checkpoint(p) for p in paths]
+    loaded = members[0]
     if fmt in FORMATS and loaded.num_classes > 2:
-        raise ValueError(f"format={fmt} needs a binary model (num_classes 1 or 2); {cfg.ckpt} has {loaded.num_classes} classes")
+        raise ValueError(f"format={fmt} needs a binary model (num_classes 1 or 2); {paths[0]} has {loaded.num_classes} classes")
+    min_sizes, connectivity = (None, 8)
+    if cfg.get("postprocess"):
+        min_sizes, connectivity = read_postprocessing(str(cfg.postprocess), loaded.class_names)
     files = collect_inputs(str(cfg.input), bool(cfg.recursive))
     output = Path(str(cfg.output))
     plan = planned_outputs(files, output, cfg)
     refuse_overwrite([p for paths in plan.values() for p in paths], bool(cfg.overwrite))
     claim_run_dir(output, "output")  # writable, and no other live segkit process writing into it
-    predictor = build_predictor(loaded, cfg)
+    predictor = build_predictor(members, cfg)
     max_pixels = cfg.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
     check_headers(files, max_pixels)
     submission = (
@@ -216,8 +222,10 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
         if fmt in FORMATS else None
     )
     binary = loaded.num_classes == 1
-    log.info("predicting %d image(s) with %s on %s (precision %s, tile %d, TTA %s)", len(files), cfg.ckpt,
-             predictor.device, predictor.precision, predictor.tile, predictor.tta or "none")
+    model = str(paths[0]) if len(paths) == 1 else f"an ensemble of {len(paths)} checkpoints ({', '.join(map(str, paths))})"
+    log.info("predicting %d image(s) with %s on %s (precision %s, tile %d, TTA %s%s)", len(files), model,
+             predictor.device, predictor.precision, predictor.tile, predictor.tta or "none",
+             f", post-processing {cfg.postprocess}" if min_sizes is not None else "")
     pixels, predicted = 0, 0
     failed: list[dict[str, str]] = []
     load = functools.partial(load_input, preprocessing=predictor.preprocessing, max_pixels=max_pixels)
@@ -233,6 +241,8 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
             labels = _write_probabilities(plan["probabilities"][i], predictor, image)
         else:
             labels = predictor.predict(image).labels
+        if min_sizes is not None:
+            labels = apply_min_sizes(labels, min_sizes, connectivity)
         pixels += labels.size
         if submission is not None:
             submission.add(file.name, labels > 0)
@@ -248,13 +258,14 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     settings = OmegaConf.to_container(cfg, resolve=True)
     per_image = {"masks", "probabilities", "overlays"}
     summary: dict[str, Any] = {
-        "checkpoint": str(cfg.ckpt),
+        "checkpoint": str(paths[0]) if len(paths) == 1 else [str(p) for p in paths],
         "input": str(cfg.input),
         "images": predicted,
         "megapixels": round(pixels / 1e6, 3),
         "windows": predictor.windows_run,
         "device": str(predictor.device),
-        "settings": {**{k: settings[k] for k in ("tile", "overlap", "blend", "batch_size", "tta", "threshold", "format")},
+        "settings": {**{k: settings.get(k) for k in ("tile", "overlap", "blend", "batch_size", "tta", "threshold", "format",
+                                                             "postprocess")},
                      "precision": predictor.precision},  # as used (auto resolved)
         "outputs": {kind: predicted if kind in per_image else len(paths) for kind, paths in plan.items()},
         "failed": failed,

@@ -4,7 +4,9 @@
 normalisation as ``segkit.data.normalize.Normalizer``) from the checkpoint; :class:`Predictor` runs the model over
 an image — one window when it fits, blended sliding windows when it does not — with
 optional TTA and mixed precision, and returns class labels (and probabilities) at the
-image's own resolution. Window outputs and TTA views are averaged as logits.
+image's own resolution. Window outputs and TTA views are averaged as logits, and so are
+the models of an ensemble (several checkpoints, e.g. the folds of a cross-validation), each
+window normalised as its own model's training normalised it.
 
 Normalisation is applied per window as one affine map per channel, ``(x - offset) *
 scale``: per-image statistics (``normalization: image`` / ``min_max`` ...) are taken over
@@ -15,6 +17,7 @@ normalised as the whole image would have been.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +36,9 @@ from segkit.data.normalize import Normalizer
 from segkit.inference import TTA_TRANSFORMS, iter_blended_rows, predict_with_tta, window_layout
 from segkit.module import SegmentationModule
 
-__all__ = ["Prediction", "Predictor", "Preprocessing", "autocast_dtype", "build_predictor", "resolve_device"]
+__all__ = [
+    "Prediction", "Predictor", "Preprocessing", "autocast_dtype", "build_predictor", "check_ensemble", "resolve_device",
+]
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -142,12 +147,38 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     raise ValueError(f"precision must be 32-true, 16-mixed or bf16-mixed (or auto), got {precision!r}")
 
 
+GEOMETRY = ("in_channels", "image_dtype", "image_size", "pad_multiple", "size_multiple")
+
+
+def check_ensemble(modules: Sequence[SegmentationModule], preps: Sequence[Preprocessing],
+                   names: Sequence[str] | None = None) -> None:
+    """``ValueError`` unless the models can be averaged: the same classes and threshold,
+    images prepared the same way up to normalisation. ``names`` (checkpoint paths) are
+    used in the message."""
+    names = list(names) if names is not None else [f"model {i + 1}" for i in range(len(modules))]
+    first = modules[0].hparams
+    for name, module, prep in zip(names[1:], modules[1:], preps[1:]):
+        hp = module.hparams
+        for key in ("num_classes", "class_names", "threshold", "ignore_index"):
+            if hp.get(key) != first.get(key):
+                raise ValueError(f"{names[0]} and {name} cannot be averaged: {key} {first.get(key)!r} vs "
+                                 f"{hp.get(key)!r} (an ensemble's models must predict the same classes)")
+        for key in GEOMETRY:
+            if getattr(prep, key) != getattr(preps[0], key):
+                raise ValueError(f"{names[0]} and {name} cannot be averaged: they were trained on images with "
+                                 f"{key} {getattr(preps[0], key)!r} vs {getattr(prep, key)!r} (an ensemble's models "
+                                 "may differ in their normalisation only)")
+
+
 class Predictor:
     """Predicts whole images with a trained :class:`SegmentationModule`.
 
     Args:
-        module: the trained module (its hyperparameters give classes and threshold).
-        preprocessing: how training prepared images.
+        module: the trained module (its hyperparameters give classes and threshold), or
+            several (an ensemble: their logits are averaged).
+        preprocessing: how training prepared images; one per module for an ensemble, which
+            may differ only in their normalisation (each model sees windows normalised as
+            its own training normalised them).
         device: ``torch.device`` to run on.
         precision: ``32-true``, ``16-mixed`` (fp16 autocast on CUDA), ``bf16-mixed``.
         tile: window side for images larger than it (rounded up to the model's multiple).
@@ -160,8 +191,8 @@ class Predictor:
 
     def __init__(
         self,
-        module: SegmentationModule,
-        preprocessing: Preprocessing,
+        module: SegmentationModule | Sequence[SegmentationModule],
+        preprocessing: Preprocessing | Sequence[Preprocessing],
         device: torch.device | str = "cpu",
         precision: str = "32-true",
         tile: int = 1024,
@@ -176,32 +207,40 @@ class Predictor:
             raise ValueError(f"unknown TTA transform(s) {unknown}; available: {', '.join(TTA_TRANSFORMS)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        modules = [module] if isinstance(module, SegmentationModule) else list(module)
+        preps = [preprocessing] if isinstance(preprocessing, Preprocessing) else list(preprocessing)
+        if not modules or len(preps) != len(modules):
+            raise ValueError(f"{len(modules)} model(s) and {len(preps)} preprocessing(s): give one of each per model")
+        check_ensemble(modules, preps)
         self.device = torch.device(device)
-        self.module = module.to(self.device).eval()
-        self.preprocessing = preprocessing
+        self.modules = [m.to(self.device).eval() for m in modules]
+        self.preprocessings = preps
+        self.module, self.preprocessing = self.modules[0], preps[0]  # classes, threshold, geometry: shared
         self.precision = str(precision)
         self.autocast = autocast_dtype(self.precision, self.device)
         self.tile, self.overlap, self.batch_size, self.blend = tile, overlap, batch_size, blend
         self.tta = list(tta)
-        self.num_classes = int(module.hparams.num_classes)
-        self.threshold = float(module.hparams.threshold if threshold is None else threshold)
-        window_layout(self.tile, self.tile, tile, overlap, preprocessing.size_multiple)  # validates tile/overlap
+        self.num_classes = int(self.module.hparams.num_classes)
+        self.threshold = float(self.module.hparams.threshold if threshold is None else threshold)
+        window_layout(self.tile, self.tile, tile, overlap, self.preprocessing.size_multiple)  # validates tile/overlap
         self.windows_run = 0  # a count, for tests and benchmarks
 
     # ----------------------------------------------------------------- model
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+    def _forward(self, batch: torch.Tensor, member: int = 0) -> torch.Tensor:
         context = (
             torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None else contextlib.nullcontext()
         )
         with context:
-            return self.module(batch)
+            return self.modules[member](batch)
 
-    def logits_of_batch(self, batch: torch.Tensor) -> torch.Tensor:
+    def logits_of_batch(self, batch: torch.Tensor, member: int = 0) -> torch.Tensor:
         """``(B, C, h, w)`` normalised images (sides multiples of the model's) → ``(B, K, h, w)``
-        logits, averaged over the TTA views (in the autocast dtype when there are none)."""
+        logits of model ``member``, averaged over the TTA views (in the autocast dtype when
+        there are none)."""
         with torch.no_grad():
             self.windows_run += batch.shape[0]
-            return predict_with_tta(self._forward, batch.to(self.device), self.tta)
+            forward = functools.partial(self._forward, member=member)
+            return predict_with_tta(forward, batch.to(self.device), self.tta)
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         """``(K, ...)`` logits → float32 probabilities: sigmoid for one output, softmax otherwise."""
@@ -219,9 +258,10 @@ class Predictor:
         the finished rows only, once per pixel rather than once per window that covers it.
         """
         prep = self.preprocessing
-        offset, scale, clip = prep.affine(image)
-        offset_t = torch.from_numpy(offset).to(self.device)
-        scale_t = torch.from_numpy(scale).to(self.device)
+        maps = []  # each model's normalisation of this image: (offset, scale, clip)
+        for member_prep in self.preprocessings:
+            offset, scale, clip = member_prep.affine(image)
+            maps.append((torch.from_numpy(offset).to(self.device), torch.from_numpy(scale).to(self.device), clip))
         layout = window_layout(image.shape[0], image.shape[1], self.tile, self.overlap, prep.size_multiple)
         pad_h, pad_w = layout.padded_h - image.shape[0], layout.padded_w - image.shape[1]
         if pad_h or pad_w:  # zeros before normalisation, as training's PadIfNeeded
@@ -229,11 +269,17 @@ class Predictor:
 
         def windows(corners: list[tuple[int, int]], wh: int, ww: int) -> torch.Tensor:
             raw = np.stack([image[y : y + wh, x : x + ww] for y, x in corners])
-            tensor = torch.from_numpy(raw if raw.dtype == np.uint8 else raw.astype(np.float32)).to(self.device)
-            tensor = tensor.float().sub_(offset_t).mul_(scale_t)  # in place: one float copy of the batch
-            if clip is not None:
-                tensor.clamp_(-clip, clip)
-            return self.logits_of_batch(tensor.permute(0, 3, 1, 2))  # NHWC memory: already channels-last
+            raw_t = torch.from_numpy(raw if raw.dtype == np.uint8 else raw.astype(np.float32)).to(self.device)
+            total = None
+            for member, (offset_t, scale_t, clip) in enumerate(maps):
+                tensor = raw_t.float().sub_(offset_t).mul_(scale_t)  # in place: one float copy of the batch
+                if clip is not None:
+                    tensor.clamp_(-clip, clip)
+                logits = self.logits_of_batch(tensor.permute(0, 3, 1, 2), member)  # NHWC memory: channels-last
+                if len(maps) == 1:
+                    return logits
+                total = logits.float() if total is None else total.add_(logits.float())
+            return total.div_(len(maps))
 
         with torch.no_grad():
             yield from iter_blended_rows(layout, windows, self.batch_size, self.blend, self.device)
@@ -282,15 +328,19 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def build_predictor(loaded: LoadedCheckpoint, cfg: Any) -> Predictor:
-    """A :class:`Predictor` with the inference settings of ``cfg`` (``conf/inference``)."""
+def build_predictor(loaded: LoadedCheckpoint | Sequence[LoadedCheckpoint], cfg: Any) -> Predictor:
+    """A :class:`Predictor` with the inference settings of ``cfg`` (``conf/inference``);
+    several checkpoints make an ensemble (their logits averaged)."""
     from segkit.runtime import resolve_precision
 
+    members = [loaded] if isinstance(loaded, LoadedCheckpoint) else list(loaded)
+    preps = [Preprocessing.from_checkpoint(m.preprocessing) for m in members]
+    check_ensemble([m.module for m in members], preps, [str(m.path) for m in members])
     device = resolve_device(str(cfg.device))
     precision = resolve_precision(cfg.precision, "gpu" if device.type == "cuda" else "cpu")
     return Predictor(
-        loaded.module,
-        Preprocessing.from_checkpoint(loaded.preprocessing),
+        [m.module for m in members],
+        preps,
         device=device,
         precision=precision,
         tile=int(cfg.tile),

@@ -89,9 +89,20 @@ def test_repeat_factor_sampling_without_class_statistics_says_what_to_run(tmp_pa
     dm = make_datamodule("oilseep", tmp_path / "o", tmp_path, sampling="repeat_factor")
     with pytest.raises(FileNotFoundError, match=r"data.sampling=repeat_factor reads the classes of each image from .*class_stats.json.*segkit-prepare"):
         dm.setup("fit")
+    dm.prepare_data()  # what segkit-train runs first: it writes the statistics itself
+    dm.setup("fit")
+    assert dm.class_stats_path.is_file() and isinstance(dm._train_sampler, RepeatFactorSampler)
     with pytest.raises(ValueError, match="data.sampling must be one of uniform, repeat_factor, got 'rare'"):
         make_datamodule("oilseep", tmp_path / "o", tmp_path, sampling="rare")
     write_fixture("airbus", tmp_path / "a")
     airbus = make_datamodule("airbus", tmp_path / "a", tmp_path / "x", sampling="repeat_factor")
     with pytest.raises(ValueError, match="data.sampling=repeat_factor: Airbus has one class"):
         airbus.setup("fit")
+
+
+def test_segkit_prepare_takes_a_recipe_and_prepares_what_its_training_reads(tmp_path):
+    write_fixture("oilseep", tmp_path / "o")
+    cfg = compose_config("prepare", ["experiment=oilseep_dice_ce", f"data.root={tmp_path / 'o'}", f"data.cache_dir={tmp_path / 'w'}"])
+    assert cfg.data.sampling == "repeat_factor" and cfg.data.normalize.mean == "dataset"
+    run_prepare(cfg)
+    assert {p.name for p in (tmp_path / "w").iterdir()} >= {"class_stats.json", "image_stats.json", "class_distribution.png"}

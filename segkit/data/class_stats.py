@@ -23,11 +23,13 @@ import numpy as np
 from segkit.data.io import write_json_atomic
 
 __all__ = [
+    "CLASS_PLOT_FILE",
     "CLASS_STATS_FILE",
     "IMAGE_STATS_FILE",
     "count_pixels",
     "image_stats",
     "inverse_frequency_weights",
+    "plot_class_distribution",
     "read_class_weights",
     "read_class_presence",
     "read_image_stats",
@@ -35,6 +37,7 @@ __all__ = [
 ]
 
 CLASS_STATS_FILE = "class_stats.json"
+CLASS_PLOT_FILE = "class_distribution.png"
 IMAGE_STATS_FILE = "image_stats.json"
 
 HOW_TO_CREATE = (
@@ -137,7 +140,8 @@ def read_class_presence(path: str | os.PathLike, names: Sequence[str], dataset: 
     """The classes present in each of ``names`` (training images), from the ``presence`` that
     ``segkit-prepare`` writes into ``class_stats.json`` for every image of the dataset."""
     path = Path(path)
-    how = f"run `segkit-prepare dataset={dataset} data.root=<your data>` (with the same data.* settings as training)"
+    how = (f"segkit-train writes it before training; to write it yourself, run `segkit-prepare dataset={dataset} "
+           "data.root=<your data>` with the same experiment= and data.* arguments as the training")
     if not path.is_file():
         raise FileNotFoundError(f"data.sampling=repeat_factor reads the classes of each image from {path}, which "
                                 f"does not exist yet: {how}")
@@ -149,3 +153,24 @@ def read_class_presence(path: str | os.PathLike, names: Sequence[str], dataset: 
         raise ValueError(f"{path} was written for other data ({len(unknown)} of {len(names)} training "
                          f"images unknown to it, e.g. {unknown[0]!r}): {how}")
     return [list(presence[n]) for n in names]
+
+
+def plot_class_distribution(stats: dict[str, Any], path: Path) -> None:
+    """Bar plot of pixels per class, log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, counts = stats["class_names"], stats["pixel_counts"]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(names) + 2), 3.6))
+    ax.bar(range(len(names)), [max(c, 0.5) for c in counts], color="#3b75af")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(names)), names, rotation=45 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
+    ax.set_ylabel("pixels (log scale)")
+    ax.set_title(f"class distribution over {stats['images']} training images")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

@@ -11,6 +11,7 @@ files (caches, patches, statistics) in a work folder outside the user's data.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +26,16 @@ from torch.utils.data import DataLoader, Sampler
 
 from segkit.data.cache import default_cache_dir, stat_fingerprint
 from segkit.data.checks import FileChecks
-from segkit.data.class_stats import CLASS_STATS_FILE, IMAGE_STATS_FILE, image_stats, read_class_presence
+from segkit.data.class_stats import (
+    CLASS_PLOT_FILE,
+    CLASS_STATS_FILE,
+    IMAGE_STATS_FILE,
+    count_pixels,
+    image_stats,
+    plot_class_distribution,
+    read_class_presence,
+    write_class_stats,
+)
 from segkit.data.datasets import BAD_FILE_POLICIES, ImageMaskDataset, ImageSpec, MaskValues, label_count
 from segkit.data.io import DEFAULT_MAX_IMAGE_PIXELS, require_writable, write_json_atomic
 from segkit.data.normalize import Normalizer
@@ -371,15 +381,53 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
 
     prepares_image_stats = False  # segkit-prepare writes image_stats.json even when normalize does not ask
 
-    def prepare(self) -> list[str]:
+    def prepare(self, class_stats: bool = False) -> list[str]:
         """All one-off preparation (``segkit-prepare``, and training's ``prepare_data``): the
         dataset's own (:meth:`prepare_dataset`), then the training images' mean/std where
-        ``normalize`` asks for them (``mean: dataset``) or the dataset always keeps them."""
+        ``normalize`` asks for them (``mean: dataset``) or the dataset always keeps them, then
+        the class statistics where ``class_stats`` (segkit-prepare) or ``sampling=repeat_factor``
+        asks for them."""
         messages = list(self.prepare_dataset())
         wants = self.normalize is not None and "dataset" in (self.normalize.get("mean"), self.normalize.get("std"))
         if self.prepares_image_stats or wants:
             messages.append(self.prepare_image_stats())
+        if class_stats or self.sampling == "repeat_factor":
+            messages.append(self.prepare_class_stats()[1])
         return messages
+
+    def prepare_class_stats(self) -> tuple[dict[str, Any], str]:
+        """Pixels per class over the training split (for ``weights: auto``) and the classes of
+        every image, validation too, so any fold's training split finds its own (for
+        ``sampling=repeat_factor``) → ``class_stats.json`` and its plot; idempotent.
+        Returns the statistics and what was done."""
+        from tqdm.auto import tqdm
+
+        items = self.items()
+        train_idx, val_idx = self.split(items)
+        train, val = (self.raw_dataset([items[i] for i in idx]) for idx in (train_idx, val_idx))
+        n_labels = label_count(self.num_classes)
+        fingerprint = hashlib.sha1(
+            "\n".join(["presence-1", self.fingerprint(), str(n_labels), str(self.ignore_index), *train.names]).encode()
+        ).hexdigest()
+        path = self.class_stats_path
+        if path.is_file():
+            stats = json.loads(path.read_text())
+            if stats.get("fingerprint") == fingerprint:
+                return {**stats, "path": str(path)}, f"class statistics {path} are up to date: nothing to do"
+        counts = np.zeros(n_labels, dtype=np.int64)
+        presence: dict[str, list[int]] = {}
+        for part, counted, desc in ((train, True, "counting class pixels"), (val, False, "classes of the other images")):
+            for index in tqdm(range(len(part)), desc=desc, unit="mask", disable=None):
+                image_counts = count_pixels(part.load_mask(index), n_labels, self.ignore_index)
+                if counted:
+                    counts += image_counts
+                presence[part.names[index]] = np.flatnonzero(image_counts).tolist()
+        stats = write_class_stats(path, counts, self.class_names, images=len(train),
+                                  extra={"fingerprint": fingerprint, "presence": presence})
+        plot = path.with_name(CLASS_PLOT_FILE)
+        plot_class_distribution(stats, plot)
+        return ({**stats, "path": str(path)},
+                f"class statistics of {len(train)} training images written to {path} (plot: {plot})")
 
     def prepare_image_stats(self) -> str:
         """Per-channel mean/std of the training split's images (read as training reads them,
@@ -491,9 +539,9 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
         fold = f", fold {self.fold} of {self.folds}" if self.folds else ""
         log.info("%s: %d training and %d validation images%s%s", self.kind, len(train_idx), len(val_idx), by_group, fold)
         self._normalizer = Normalizer(self.resolved_normalize())
+        self._train_sampler = self.train_sampler(train)  # first: a setup that fails leaves nothing half set
         self.train_dataset = self.make_dataset(train, self.augment)
         self.val_dataset = self.make_dataset([items[i] for i in val_idx], None)
-        self._train_sampler = self.train_sampler(train)
         if len(self._train_sampler) == 0:
             raise ValueError(
                 f"{self.kind} data at {self.root}: the training epoch is empty — {len(train)} training image(s), "

@@ -1,0 +1,230 @@
+"""Several checkpoints: ensembles (logits averaged, each model normalised its own way),
+out-of-fold scores of a cross-validation, and post-processing fitted on validation."""
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from segkit.checkpoint import checkpoint_paths, load_checkpoint
+from segkit.data.io import read_mask
+from segkit.evaluate import run_eval
+from segkit.postprocess import ComponentTally, apply_min_sizes, read_postprocessing
+from segkit.predict import run_predict
+from segkit.predictor import Predictor, Preprocessing
+from tests.helpers import compose_config
+
+
+@pytest.fixture(scope="module")
+def ckpt(trained_run):
+    return trained_run / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def folds(ckpt, tmp_path_factory):
+    """A 'sweep' of three fold runs: the trained checkpoint recorded as folds 0..2 of a 3-fold
+    cross-validation of its data (same weights, so the pooled out-of-fold scores must equal
+    one model's scores on all the images)."""
+    sweep = tmp_path_factory.mktemp("cv")
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    for fold in range(3):
+        checkpoint = copy.deepcopy(raw)
+        checkpoint["segkit"]["data"].update(folds=3, fold=fold)
+        (sweep / str(fold) / "checkpoints").mkdir(parents=True)
+        torch.save(checkpoint, sweep / str(fold) / "checkpoints" / "best.ckpt")
+    (sweep / "multirun.yaml").write_text("{}\n")
+    return sweep
+
+
+def _perturbed(module, seed):
+    other = copy.deepcopy(module)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 0.05)
+    return other
+
+
+def test_an_ensemble_averages_the_logits_of_models_each_normalised_its_own_way(ckpt):
+    loaded = load_checkpoint(ckpt)
+    prep_a = Preprocessing.from_checkpoint(loaded.preprocessing)
+    prep_b = Preprocessing.from_checkpoint({**loaded.preprocessing, "normalize": {"mean": [0.2] * 3, "std": [0.5] * 3}})
+    model_a, model_b = loaded.module, _perturbed(loaded.module, 1)
+    image = np.random.default_rng(0).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+
+    def logits(model, prep):
+        single = Predictor(model, prep, precision="32-true")
+        return torch.cat([band.clone() for _, _, band in single.iter_rows(image)], dim=1)
+
+    expected = (logits(model_a, prep_a) + logits(model_b, prep_b)) / 2
+    ensemble = Predictor([model_a, model_b], [prep_a, prep_b], precision="32-true")
+    got = torch.cat([band.clone() for _, _, band in ensemble.iter_rows(image)], dim=1)
+    torch.testing.assert_close(got, expected)
+    # and not merely one of them
+    assert not torch.allclose(got, logits(model_a, prep_a), atol=1e-4)
+    labels = ensemble.predict(image).labels
+    np.testing.assert_array_equal(labels, (expected[0] > 0).numpy().astype(np.uint8))
+
+
+def test_models_that_cannot_be_averaged_are_refused(ckpt):
+    loaded = load_checkpoint(ckpt)
+    prep = Preprocessing.from_checkpoint(loaded.preprocessing)
+    other = Preprocessing.from_checkpoint({**loaded.preprocessing, "image_size": [96, 96]})
+    with pytest.raises(ValueError, match="image_size .*may differ in their normalisation only"):
+        Predictor([loaded.module, loaded.module], [prep, other])
+
+
+def test_checkpoint_paths_reads_files_globs_runs_and_sweeps(ckpt, folds, tmp_path):
+    fold_ckpts = [folds / str(k) / "checkpoints" / "best.ckpt" for k in range(3)]
+    assert checkpoint_paths(str(folds)) == fold_ckpts  # a sweep folder: every run's best
+    assert checkpoint_paths(str(folds / "1")) == [fold_ckpts[1]]  # a run folder
+    assert checkpoint_paths(f"{folds}/*/checkpoints/best.ckpt") == fold_ckpts
+    assert checkpoint_paths([str(fold_ckpts[2]), str(ckpt)]) == [fold_ckpts[2], ckpt]
+    with pytest.raises(ValueError, match="named twice"):
+        checkpoint_paths([str(fold_ckpts[0]), f"{folds}/0/checkpoints/../checkpoints/best.ckpt"])
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        checkpoint_paths(f"{folds}/*/checkpoints/nothing*.ckpt")
+    (folds / "3" / ".hydra").mkdir(parents=True)  # a fold that failed before its first checkpoint
+    try:
+        with pytest.raises(ValueError, match=r"3 have no checkpoint \(failed or still running\?\)"):
+            checkpoint_paths(str(folds))
+    finally:
+        (folds / "3" / ".hydra").rmdir()
+        (folds / "3").rmdir()
+
+
+def _eval(*overrides):
+    return run_eval(compose_config("eval", ["precision=32-true", "worst=2", *overrides]))
+
+
+def test_folds_are_scored_out_of_fold_each_image_once(ckpt, folds, tmp_path):
+    oof = _eval(f"ckpt={folds}", f"output={tmp_path / 'oof'}")
+    assert oof["combine"] == "oof"
+    assert oof["coverage"] == {"images_scored": oof["images"], "dataset_images": oof["images"], "folds": [0, 1, 2], "of_folds": 3}
+    rows = pd.read_csv(tmp_path / "oof" / "per_image.csv")
+    assert rows["name"].is_unique
+    # the same weights in every fold: pooling the folds' held-out images = one model on all images
+    reference = _eval(f"ckpt={ckpt}", "split=all", f"output={tmp_path / 'all'}")
+    assert oof["images"] == reference["images"]
+    for name, scores in reference["classes"].items():
+        assert oof["classes"][name] == pytest.approx(scores)  # image means: summed in another order
+    confusion = (pd.read_csv(tmp_path / d / "confusion.csv", index_col=0) for d in ("oof", "all"))
+    pd.testing.assert_frame_equal(*confusion)
+    by_name = (pd.read_csv(tmp_path / d / "per_image.csv").sort_values("name", ignore_index=True) for d in ("oof", "all"))
+    pd.testing.assert_frame_equal(*by_name)
+    assert "out-of-fold" in (tmp_path / "oof" / "report.md").read_text()
+
+
+def test_an_ensemble_of_folds_is_not_scored_on_the_data_they_trained_on(folds, tmp_path):
+    with pytest.raises(ValueError, match="every image of their data was trained on by one of them"):
+        _eval(f"ckpt={folds}", "combine=ensemble", f"output={tmp_path / 'e'}")
+    with pytest.raises(ValueError, match="combine=oof scores the held-out fold of each model: split=all"):
+        _eval(f"ckpt={folds}", "split=all", "combine=oof", f"output={tmp_path / 'e'}")
+
+
+def test_oof_refuses_checkpoints_of_different_cross_validations(folds, tmp_path):
+    raw = torch.load(folds / "1" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    raw["segkit"]["data"]["seed"] = 7
+    odd = tmp_path / "odd.ckpt"
+    torch.save(raw, odd)
+    with pytest.raises(ValueError, match=r"differ in data\.seed"):
+        _eval(f"ckpt=[{folds / '0' / 'checkpoints' / 'best.ckpt'},{odd}]", "combine=oof", f"output={tmp_path / 'e'}")
+
+
+def _dice(target, prediction, c):
+    t, p = target == c, prediction == c
+    return 2 * (t & p).sum() / (t.sum() + p.sum())
+
+
+def test_component_tally_chooses_the_size_a_brute_force_search_chooses():
+    rng = np.random.default_rng(3)
+    targets, predictions = [], []
+    for _ in range(4):
+        target = np.zeros((40, 40), np.uint8)
+        target[5:20, 5:20] = 1
+        target[25:35, 22:38] = 2
+        prediction = target.copy()
+        noise = rng.random((40, 40))
+        prediction[noise < 0.03] = 1  # specks of class 1: small false components
+        prediction[(noise > 0.985)] = 2
+        prediction[30:33, 2:5] = 2  # a 9-pixel false blob of class 2
+        targets.append(target)
+        predictions.append(prediction)
+    tally = ComponentTally(3)
+    confusion = np.zeros((3, 3), np.int64)
+    for t, p in zip(targets, predictions):
+        tally.add(t, p)
+        np.add.at(confusion, (t.ravel(), p.ravel()), 1)
+    fitted = tally.fit(confusion, ["bg", "a", "b"])
+    for c, name in ((1, "a"), (2, "b")):
+        grid = [0] + [2**e for e in range(1, 12)]
+
+        def pooled(size, c=c):
+            sizes = [0] * 3
+            sizes[c] = size
+            cleaned = [apply_min_sizes(p, sizes) for p in predictions]
+            return _dice(np.concatenate(targets), np.concatenate(cleaned), c)
+
+        scores = {s: pooled(s) for s in grid}
+        best = max(scores.values())
+        chosen = fitted["classes"][name]
+        assert chosen["dice_before"] == pytest.approx(scores[0])
+        assert chosen["dice_after"] == pytest.approx(best)
+        assert chosen["min_size"] == min(s for s in grid if scores[s] == best)
+        assert chosen["min_size"] > 0  # the specks cost Dice here: something is removed
+    # the confusion after post-processing is exact
+    sizes = [0, fitted["classes"]["a"]["min_size"], fitted["classes"]["b"]["min_size"]]
+    after = np.zeros((3, 3), np.int64)
+    for t, p in zip(targets, predictions):
+        np.add.at(after, (t.ravel(), apply_min_sizes(p, sizes).ravel()), 1)
+    np.testing.assert_array_equal(fitted["confusion_after"], after)
+
+
+def test_apply_min_sizes_removes_only_the_small_components_of_each_class():
+    labels = np.zeros((10, 10), np.uint8)
+    labels[0:3, 0:3] = 1  # 9 px
+    labels[6, 6] = 1  # 1 px
+    labels[8, 0:2] = 2  # 2 px
+    labels[5:7, 0] = 1  # 2 px, touches nothing
+    out = apply_min_sizes(labels, [0, 3, 0])
+    expected = labels.copy()
+    expected[6, 6] = 0
+    expected[5:7, 0] = 0
+    np.testing.assert_array_equal(out, expected)
+    assert labels[6, 6] == 1  # the input is left alone
+    diagonal = np.eye(3, dtype=np.uint8)  # corner-touching: one component of 3 (8-connected), three of 1 (4)
+    assert apply_min_sizes(diagonal, [0, 2], connectivity=8).sum() == 3
+    assert apply_min_sizes(diagonal, [0, 2], connectivity=4).sum() == 0
+
+
+def test_postprocessing_is_fitted_by_eval_and_applied_by_predict(ckpt, folds, tmp_path):
+    out = tmp_path / "oof"
+    summary = _eval(f"ckpt={folds}", "postprocess=fit", f"output={out}")
+    spec = json.loads((out / "postprocessing.json").read_text())
+    assert spec["class_names"] == ["background", "ship"] and set(spec["min_size"]) == {"background", "ship"}
+    assert spec["fitted_on"]["combine"] == "oof"
+    assert summary["postprocessing"]["classes"]["ship"]["min_size"] == spec["min_size"]["ship"]
+    assert "Post-processing fitted on these images" in (out / "report.md").read_text()
+    # forced sizes: predict and eval apply exactly apply_min_sizes
+    spec["min_size"]["ship"] = 64
+    forced = tmp_path / "forced.json"
+    forced.write_text(json.dumps(spec))
+    root = load_checkpoint(ckpt).data["root"]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for source in sorted(Path(root).glob("train_v2/*.jpg"))[:3]:
+        (inputs / source.name).write_bytes(source.read_bytes())
+    common = [f"ckpt={ckpt}", f"input={inputs}", "precision=32-true", "save_masks=true"]
+    run_predict(compose_config("predict", [*common, f"output={tmp_path / 'raw'}"]))
+    run_predict(compose_config("predict", [*common, f"output={tmp_path / 'pp'}", f"postprocess={forced}"]))
+    for mask in sorted((tmp_path / "raw" / "masks").iterdir()):
+        raw = read_mask(mask)
+        np.testing.assert_array_equal(read_mask(tmp_path / "pp" / "masks" / mask.name), apply_min_sizes(raw, [0, 64]))
+    bad = dict(spec, class_names=["background", "car"])
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=r"fitted for the classes \['background', 'car'\]"):
+        read_postprocessing(tmp_path / "bad.json", ["background", "ship"])
