@@ -86,3 +86,37 @@ def test_the_pipeline_never_draws_the_padding_label():
     pipeline = build_pipeline(None, {"crop": {"type": "ForegroundCrop", "height": 8, "width": 8}}, mask_fill=255)
     assert pipeline.transforms[0].ignore_values == [255]
     assert build_pipeline(None, {"crop": {"type": "ForegroundCrop", "height": 8, "width": 8}}).transforms[0].ignore_values == []
+
+
+def test_inverse_frequency_draws_classes_in_proportion_to_one_over_their_share():
+    mask = np.ones((60, 60), np.uint8)  # class 1 everywhere
+    mask[0, 59] = 2  # class 2 in one corner, class 3 in another
+    mask[59, 0] = 3
+    image = np.zeros((60, 60, 1), np.uint8)
+    frequencies = [0.9, 0.08, 0.015, 0.005]  # the dataset's pixel shares: 1/f = 12.5, 66.7, 200
+    crop = ForegroundCrop(8, 8, foreground_share=1.0, class_draw="inverse_frequency", class_frequencies=frequencies)
+    n = 600
+    results = list(crops(crop, image, mask, n))
+    share_2 = sum(bool((r["mask"] == 2).any()) for r in results) / n
+    share_3 = sum(bool((r["mask"] == 3).any()) for r in results) / n
+    total = 1 / 0.08 + 1 / 0.015 + 1 / 0.005
+    assert share_2 == pytest.approx((1 / 0.015) / total, abs=0.06)  # 0.24 (uniform would give 1/3)
+    assert share_3 == pytest.approx((1 / 0.005) / total, abs=0.06)  # 0.72
+    with pytest.raises(ValueError, match="class_draw must be one of uniform, inverse_frequency, got 'rare'"):
+        ForegroundCrop(8, 8, class_draw="rare")
+
+
+def test_the_datamodule_supplies_the_frequencies_from_its_class_statistics(tmp_path):
+    import json
+
+    from tests.helpers import make_datamodule, write_fixture
+
+    write_fixture("oilseep", tmp_path / "o")
+    augment = {"crop": {"type": "ForegroundCrop", "height": 16, "width": 16, "class_draw": "inverse_frequency"}}
+    dm = make_datamodule("oilseep", tmp_path / "o", tmp_path, augment=augment)
+    with pytest.raises(FileNotFoundError, match=r"class_draw=inverse_frequency\) reads the class frequencies from .*segkit-prepare"):
+        dm.setup("fit")
+    dm.prepare_data()  # segkit-train's first step writes the statistics
+    dm.setup("fit")
+    crop = next(t for t in dm.train_dataset.transform.transforms if isinstance(t, ForegroundCrop))
+    assert crop.class_frequencies == pytest.approx(json.loads(dm.class_stats_path.read_text())["frequencies"])

@@ -41,7 +41,7 @@ from segkit.data.io import DEFAULT_MAX_IMAGE_PIXELS, require_writable, write_jso
 from segkit.data.normalize import Normalizer
 from segkit.data.sampling import EpochShuffleSampler, RepeatFactorSampler, ShardSampler, repeat_factors
 from segkit.data.splits import group_kfold, group_split
-from segkit.data.transforms import build_pipeline
+from segkit.data.transforms import build_pipeline, wants_class_frequencies
 from segkit.errors import format_problems
 
 __all__ = ["BASE_DEFAULTS", "DEFAULT", "MISSING_POLICIES", "Item", "Scan", "SegmentationDataModule", "default_class_names"]
@@ -391,7 +391,7 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
         wants = self.normalize is not None and "dataset" in (self.normalize.get("mean"), self.normalize.get("std"))
         if self.prepares_image_stats or wants:
             messages.append(self.prepare_image_stats())
-        if class_stats or self.sampling == "repeat_factor":
+        if class_stats or self.sampling == "repeat_factor" or wants_class_frequencies(self.augment):
             messages.append(self.prepare_class_stats()[1])
         return messages
 
@@ -483,13 +483,26 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
         """This module's class and arguments (Hydra ``_target_`` form): rebuilds it for ``segkit-eval``."""
         return {"_target_": f"{type(self).__module__}.{type(self).__qualname__}", **dict(self.hparams)}
 
+    def class_frequencies(self, augment: Mapping[str, Any] | None) -> list[float] | None:
+        """The training pixels' class shares (``class_stats.json``) when ``augment`` draws crop
+        classes by frequency (``ForegroundCrop`` with ``class_draw: inverse_frequency``)."""
+        if not wants_class_frequencies(augment):
+            return None
+        path = self.class_stats_path
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"ForegroundCrop(class_draw=inverse_frequency) reads the class frequencies from {path}, which does not "
+                f"exist yet: segkit-train writes it before training; to write it yourself, run `segkit-prepare "
+                f"dataset={self.kind} data.root=<your data>` with the same experiment= and data.* arguments")
+        return [float(f) for f in json.loads(path.read_text())["frequencies"]]
+
     def make_dataset(self, items: Sequence[Item], augment: Mapping[str, Any] | None) -> ImageMaskDataset:
         fill = self.ignore_index if self.ignore_index is not None else 0
         return ImageMaskDataset(
             names=[i.name for i in items],
             image_paths=[i.image for i in items],
             mask_paths=[i.mask for i in items],
-            transform=build_pipeline(self.image_size, augment, self.pad_multiple, fill),
+            transform=build_pipeline(self.image_size, augment, self.pad_multiple, fill, self.class_frequencies(augment)),
             image_spec=self.image_spec(),
             mask_values=self.mask_values(),
             on_bad_file=self.on_bad_file,

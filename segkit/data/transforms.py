@@ -16,17 +16,24 @@ import numpy as np
 import torch
 from albumentations.augmentations.crops.transforms import BaseCrop
 
-__all__ = ["ForegroundCrop", "SEGKIT_TRANSFORMS", "build_augmentations", "build_pipeline", "to_sample"]
+__all__ = [
+    "ForegroundCrop", "SEGKIT_TRANSFORMS", "build_augmentations", "build_pipeline", "to_sample", "wants_class_frequencies",
+]
 
 Size = int | Sequence[int] | None
+
+
+CLASS_DRAWS = ("uniform", "inverse_frequency")
 
 
 class ForegroundCrop(BaseCrop):
     """A ``height x width`` crop that holds foreground as often as asked: nnU-Net's oversampling.
 
-    With probability ``foreground_share`` a class is drawn uniformly among the classes the
-    mask holds (every value but ``background`` and ``ignore_values``), then one of its
-    pixels, and the crop is placed at random around that pixel (clipped to the image);
+    With probability ``foreground_share`` a class is drawn among the classes the mask holds
+    (every value but ``background`` and ``ignore_values``): uniformly, or with
+    ``class_draw="inverse_frequency"`` in proportion to ``1 / f_c``, the class's share of the
+    training pixels (so the rarest class present is drawn most), then one of its pixels, and
+    the crop is placed at random around that pixel (clipped to the image);
     otherwise, and when the mask holds no such class, the crop is placed anywhere. So rare
     classes are in a third of the crops (the default) however small they are, where a plain
     random crop of a large image mostly holds background. Seeded like every albumentations
@@ -37,19 +44,39 @@ class ForegroundCrop(BaseCrop):
         foreground_share: share of crops centred on a pixel of a drawn class (nnU-Net: 1/3).
         background: the mask value that is never drawn.
         ignore_values: other mask values never drawn (e.g. ``ignore_index``).
+        class_draw: ``uniform`` or ``inverse_frequency`` (needs ``class_frequencies``; the
+            datamodule fills them in from ``segkit-prepare``'s class statistics).
+        class_frequencies: each class's share of the training pixels, by mask value.
         p: probability of cropping at all (1: always).
     """
 
     def __init__(self, height: int, width: int, foreground_share: float = 1 / 3, background: int = 0,
-                 ignore_values: Sequence[int] | None = None, p: float = 1.0) -> None:
+                 ignore_values: Sequence[int] | None = None, class_draw: str = "uniform",
+                 class_frequencies: Sequence[float] | None = None, p: float = 1.0) -> None:
         super().__init__(p=p)
         if height < 1 or width < 1 or not 0.0 <= foreground_share <= 1.0:
             raise ValueError(f"ForegroundCrop: height and width >= 1 and foreground_share in [0, 1] needed, got "
                              f"{height}, {width}, {foreground_share}")
+        if class_draw not in CLASS_DRAWS:
+            raise ValueError(f"ForegroundCrop: class_draw must be one of {', '.join(CLASS_DRAWS)}, got {class_draw!r}")
         self.height, self.width = int(height), int(width)
         self.foreground_share = float(foreground_share)
         self.background = background
         self.ignore_values = list(ignore_values or [])
+        self.class_draw = class_draw
+        self.class_frequencies = None if class_frequencies is None else [float(f) for f in class_frequencies]
+
+    def _draw_class(self, classes: list[int]) -> int:
+        if self.class_draw == "uniform":
+            return self.py_random.choice(classes)
+        if self.class_frequencies is None:
+            raise ValueError("ForegroundCrop(class_draw=inverse_frequency) has no class frequencies: in a segkit "
+                             "augmentation spec the datamodule supplies them (from segkit-prepare's class_stats.json)")
+        frequencies = self.class_frequencies
+        smallest = min((f for f in frequencies if f > 0), default=1.0)
+        # a class the statistics never saw (0 pixels, or beyond them) counts as the rarest seen
+        weights = [1.0 / (frequencies[c] if c < len(frequencies) and frequencies[c] > 0 else smallest) for c in classes]
+        return self.py_random.choices(classes, weights=weights)[0]
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         image_height, image_width = params["shape"][:2]
@@ -62,14 +89,14 @@ class ForegroundCrop(BaseCrop):
         if mask is not None and self.py_random.random() < self.foreground_share:
             classes = [int(v) for v in np.unique(mask) if v != self.background and v not in self.ignore_values]
             if classes:
-                ys, xs = np.nonzero(mask == self.py_random.choice(classes))
+                ys, xs = np.nonzero(mask == self._draw_class(classes))
                 pick = self.py_random.randrange(len(ys))
                 x_min = int(np.clip(xs[pick] - self.py_random.randint(0, self.width - 1), 0, image_width - self.width))
                 y_min = int(np.clip(ys[pick] - self.py_random.randint(0, self.height - 1), 0, image_height - self.height))
         return {"crop_coords": (x_min, y_min, x_min + self.width, y_min + self.height)}
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("height", "width", "foreground_share", "background", "ignore_values")
+        return ("height", "width", "foreground_share", "background", "ignore_values", "class_draw", "class_frequencies")
 
 
 #: segkit's own transforms, usable by ``type:`` in an augmentation spec beside albumentations'
@@ -117,11 +144,19 @@ def _hw(size: Size) -> tuple[int, int] | None:
     return int(height), int(width)
 
 
+def wants_class_frequencies(augment: Mapping[str, Mapping[str, Any] | None] | None) -> bool:
+    """Whether an augmentation spec has a ``ForegroundCrop`` that draws classes by frequency."""
+    return any(entry is not None and entry.get("type") == "ForegroundCrop" and
+               entry.get("class_draw", "uniform") != "uniform" and entry.get("class_frequencies") is None
+               for entry in (augment or {}).values())
+
+
 def build_pipeline(
     image_size: Size,
     augment: Mapping[str, Mapping[str, Any] | None] | None,
     pad_multiple: int | None = None,
     mask_fill: int = 0,
+    class_frequencies: Sequence[float] | None = None,
 ) -> A.Compose:
     """Resize (if ``image_size``) → pad to a multiple → augmentations, on the images' own dtype.
 
@@ -133,6 +168,8 @@ def build_pipeline(
         augment: augmentation spec (see :func:`build_augmentations`); ``None`` for evaluation.
         pad_multiple: pad bottom/right so height and width are multiples of this.
         mask_fill: mask label of the padding (``ignore_index`` in training).
+        class_frequencies: the training pixels' class shares, for ``ForegroundCrop``'s
+            ``class_draw: inverse_frequency`` (see :func:`wants_class_frequencies`).
     """
     steps: list[A.BasicTransform] = []
     hw = _hw(image_size)
@@ -149,6 +186,8 @@ def build_pipeline(
     for transform in augmentations:  # the padding label (ignore_index) is no class to look for
         if isinstance(transform, ForegroundCrop) and mask_fill not in (transform.background, *transform.ignore_values):
             transform.ignore_values.append(mask_fill)
+        if isinstance(transform, ForegroundCrop) and transform.class_draw != "uniform" and transform.class_frequencies is None:
+            transform.class_frequencies = None if class_frequencies is None else list(class_frequencies)
     steps.extend(augmentations)
     return A.Compose(steps)
 
