@@ -49,6 +49,8 @@ class AirbusDataModule(RleCsvMasks, SegmentationDataModule):
         **kwargs: everything :class:`SegmentationDataModule` takes (image_size, batch_size, ...).
     """
 
+    imagery = "overhead"  # satellite / aerial scenes: no up or down
+
     kind = "airbus"
     fixed_in_channels = True  # RGB JPEGs; in_channels other than 3 is refused
     image_dtype = "uint8"

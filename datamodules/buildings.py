@@ -43,6 +43,8 @@ class BuildingsDataModule(SegmentationDataModule):
         **kwargs: everything :class:`SegmentationDataModule` takes.
     """
 
+    imagery = "overhead"  # satellite / aerial scenes: no up or down
+
     kind = "buildings"
     image_dtype = "uint8"
     default_class_names = ("background", "building")

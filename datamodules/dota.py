@@ -140,6 +140,8 @@ class DotaDataModule(SegmentationDataModule):
         **kwargs: everything :class:`SegmentationDataModule` takes.
     """
 
+    imagery = "overhead"  # satellite / aerial scenes: no up or down
+
     kind = "dota"
     group_name = "scene"  # overlapping patches of a scene never straddle the split
     image_dtype = "uint8"

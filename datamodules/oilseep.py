@@ -37,6 +37,8 @@ class OilSeepDataModule(SegmentationDataModule):
         **kwargs: everything :class:`SegmentationDataModule` takes.
     """
 
+    imagery = "overhead"  # satellite / aerial scenes: no up or down
+
     kind = "oilseep"
     group_name = "scene"
     image_dtype = "uint16"

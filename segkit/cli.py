@@ -54,6 +54,18 @@ def prepare(cfg: DictConfig) -> None:
         raise SystemExit(1)
 
 
+@hydra.main(version_base="1.3", config_path="pkg://segkit.conf", config_name="plan")
+@report_errors("segkit-plan")
+def plan(cfg: DictConfig) -> None:
+    """``segkit-plan``: fingerprint a dataset and write a training recipe planned from it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from segkit.plan import run_plan
+
+    _route_lightning_logs_to_hydra()
+    run_plan(cfg, list(HydraConfig.get().overrides.task))
+
+
 @hydra.main(version_base="1.3", config_path="pkg://segkit.conf", config_name="predict")
 @report_errors("segkit-predict")
 def predict(cfg: DictConfig) -> None:

@@ -265,6 +265,9 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
         return []
 
     group_name = "image"  # what the split keeps together (a car, a scene), for messages
+    #: what the pictures are, for segkit-plan's augmentations: overhead / microscopy (orientation
+    #: carries no meaning: rotations) or ground (photographs with an up: a horizontal flip only)
+    imagery = "ground"
     fixed_in_channels = False  # the format allows one channel count only: data.in_channels is no remedy
     binary_masks: str | None = None  # masks of two values ("ship/no ship"): num_classes 1 or 2 only
 
