@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from segkit.plan import Fingerprint, parse_budget, plan, run_plan
+from segkit.stage import build_module
 from tests.helpers import compose_config, run_segkit, write_fixture
 
 #: what each fixture needs besides data.root (the fixtures are smaller than the real data)
@@ -69,6 +72,15 @@ def test_each_fixture_is_planned_from_its_fingerprint_and_the_plan_composes(data
     assert cfg.trainer.max_epochs == 2 and cfg.loss.name in ("dice_ce", "focal_tversky")
     fingerprint = json.loads((tmp_path / "plans" / "experiment" / f"{dataset}_planned.fingerprint.json").read_text())
     assert fingerprint["train_images"] == fp.train_images and fingerprint["dtype"] == fp.dtype
+    # and trains a step: a batch of the planned pipeline through the planned model, loss and backward
+    datamodule = instantiate(OmegaConf.to_container(cfg.data, resolve=True) | {"num_workers": 0}, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    batch = datamodule.prepare_batch(next(iter(datamodule.train_dataloader())))
+    module = build_module(cfg, datamodule)
+    loss = module.loss_fn(module(batch["image"]), batch["mask"])
+    loss.backward()
+    assert torch.isfinite(loss) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
 
 
 def _sparse_folder(root, size=320, n=10):
