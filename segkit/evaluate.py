@@ -400,7 +400,7 @@ def format_postprocessing(summary: dict[str, Any]) -> str:
     for name, c in pp["classes"].items():
         change = (f"components under {c['min_size']} px removed ({c['removed']} of {c['components']}): Dice "
                   f"{_fmt(c['dice_before'])} -> {_fmt(c['dice_after'])}" if c["min_size"] else
-                  f"nothing removed (no size raised its Dice {_fmt(c['dice_before'])})")
+                  f"nothing removed (no size raised its Dice {_fmt(c['dice_before'])} by 0.001 or more)")
         lines.append(f"  {name}: {change}")
     return "\n".join(lines)
 
@@ -456,7 +456,7 @@ def format_report(summary: dict[str, Any]) -> str:
     if "postprocessing" in s:
         lines += ["## Post-processing fitted on these images", "",
                   "Per class, predicted components smaller than the size chosen here become class 0 "
-                  "(sizes tried: powers of two; kept only where the class's Dice rises). Written to "
+                  "(sizes tried: powers of two; kept only where the class's Dice rises by 0.001 or more). Written to "
                   f"[{Path(s['postprocessing']['file']).name}]({Path(s['postprocessing']['file']).name}); apply it with "
                   "`postprocess=<that file>` in segkit-predict or segkit-eval. The Dice after it is measured on the "
                   "same images it was chosen on: optimistic.", "",

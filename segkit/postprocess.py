@@ -8,7 +8,7 @@ its size and the true classes of its pixels (:class:`ComponentTally`); removing 
 below a size then changes the pooled confusion matrix by exact counts, so every candidate size
 is scored without predicting again. The sizes tried are powers of two (a coarse grid: a size
 fitted exactly to the validation images would not carry over to new ones), and a class keeps
-size 0 (nothing removed) unless a larger one gives a strictly higher Dice.
+size 0 (nothing removed) unless a larger one raises its Dice by at least ``MIN_GAIN`` (0.001).
 
 The choice is written to ``postprocessing.json``; ``segkit-predict`` and ``segkit-eval`` apply
 it with ``postprocess=<that file>``.
@@ -31,6 +31,7 @@ __all__ = ["POSTPROCESS_FILE", "ComponentTally", "apply_min_sizes", "read_postpr
 
 POSTPROCESS_FILE = "postprocessing.json"
 FORMAT = 1
+MIN_GAIN = 1e-3  # a size is kept only when it raises the class's Dice by at least this much
 
 
 def _components(mask: np.ndarray, connectivity: int) -> tuple[int, np.ndarray, np.ndarray]:
@@ -103,8 +104,8 @@ class ComponentTally:
             sizes = np.asarray(self.sizes[c], dtype=np.int64)
             truths = np.stack(self.truths[c]) if self.truths[c] else np.zeros((0, self.k), np.int64)
             row_total = int(confusion[c].sum())
-            best_size, best_dice = 0, _dice(int(confusion[c, c]), row_total, int(confusion[:, c].sum()))
-            before = best_dice
+            before = _dice(int(confusion[c, c]), row_total, int(confusion[:, c].sum()))
+            best_size, best_dice = 0, before
             largest = int(sizes.max()) if len(sizes) else 0
             candidate = 2
             while candidate <= largest:
@@ -114,6 +115,8 @@ class ComponentTally:
                 if dice is not None and (best_dice is None or dice > best_dice + 1e-12):
                     best_size, best_dice = candidate, dice
                 candidate *= 2
+            if best_size and before is not None and best_dice < before + MIN_GAIN:
+                best_size, best_dice = 0, before  # a gain this small is noise of these images, not a rule
             if best_size:
                 removed = truths[sizes < best_size].sum(axis=0)
                 after[:, c] -= removed

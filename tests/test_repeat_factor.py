@@ -77,11 +77,21 @@ def test_prepare_records_each_images_classes_and_training_repeats_the_rare_ones(
             assert stats["presence"][name] == sorted(np.unique(dataset.load_mask(index)).tolist())
     factors = repeat_factors([stats["presence"][n] for n in names], 0.3)
     assert len(dm._train_sampler) == round(factors.sum()) and factors.max() > 1.4  # seep7, in one training tile
-    for fold in range(3):  # one segkit-prepare serves every fold of a cross-validation
+    counts = {}
+    for fold in range(3):  # each fold: its own statistics, beside the others'
         fold_dm = make_datamodule("oilseep", tmp_path / "o", tmp_path, sampling="repeat_factor", cache_dir=str(tmp_path / "w"),
                                   folds=3, fold=fold)
+        fold_dm.prepare_data()
         fold_dm.setup("fit")
+        assert fold_dm.class_stats_path.name == f"class_stats.fold{fold}of3.json"
+        assert fold_dm.image_stats_path.name == f"image_stats.fold{fold}of3.json"
         assert len(fold_dm._train_sampler) >= len(fold_dm.train_dataset)
+        fold_stats = json.loads(fold_dm.class_stats_path.read_text())
+        expected = sum(np.bincount(fold_dm.train_dataset.load_mask(i).ravel(), minlength=8)
+                       for i in range(len(fold_dm.train_dataset)))
+        assert fold_stats["pixel_counts"] == expected.tolist()  # this fold's training pixels, not another's
+        counts[fold] = tuple(fold_stats["pixel_counts"])
+    assert len(set(counts.values())) == 3
 
 
 def test_repeat_factor_sampling_without_class_statistics_says_what_to_run(tmp_path):

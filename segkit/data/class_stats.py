@@ -106,9 +106,12 @@ def image_stats(images: Iterable[np.ndarray], max_pixel_value: float) -> dict[st
     return {"mean": mean.tolist(), "std": std.tolist(), "max_pixel_value": float(max_pixel_value)}
 
 
-def read_image_stats(work_dir: str | os.PathLike, channels: int) -> dict[str, list[float]]:
-    """Per-channel ``mean``/``std`` (in units of ``max_pixel_value``) written by ``segkit-prepare``."""
-    path = Path(work_dir) / IMAGE_STATS_FILE
+def read_image_stats(path: str | os.PathLike, channels: int) -> dict[str, list[float]]:
+    """Per-channel ``mean``/``std`` (in units of ``max_pixel_value``) written by ``segkit-prepare``
+    (``path``: the file, or the work folder holding ``image_stats.json``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / IMAGE_STATS_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f"normalize mean/std: dataset reads {path}, which does not exist yet: create it with "

@@ -318,9 +318,23 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
         return default_cache_dir(self.kind, str(self.root.resolve()))
 
     @property
+    def split_suffix(self) -> str:
+        """``""``, or ``.fold<k>of<K>`` under cross-validation: statistics of a training split are
+        kept per fold, so folds trained at once (a parallel sweep) never read each other's."""
+        return "" if self.folds is None else f".fold{self.fold}of{self.folds}"
+
+    @property
     def class_stats_path(self) -> Path:
-        """The ``class_stats.json`` that ``segkit-prepare`` writes for this dataset."""
-        return self.work_dir / CLASS_STATS_FILE
+        """The ``class_stats.json`` that ``segkit-prepare`` writes for this dataset (per fold:
+        ``class_stats.fold<k>of<K>.json``)."""
+        stem, suffix = CLASS_STATS_FILE.rsplit(".", 1)
+        return self.work_dir / f"{stem}{self.split_suffix}.{suffix}"
+
+    @property
+    def image_stats_path(self) -> Path:
+        """The training split's image mean/std (``image_stats.json``; per fold like the class statistics)."""
+        stem, suffix = IMAGE_STATS_FILE.rsplit(".", 1)
+        return self.work_dir / f"{stem}{self.split_suffix}.{suffix}"
 
     def require_root(self) -> Path:
         if self.root is None:
@@ -427,7 +441,8 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
                 presence[part.names[index]] = np.flatnonzero(image_counts).tolist()
         stats = write_class_stats(path, counts, self.class_names, images=len(train),
                                   extra={"fingerprint": fingerprint, "presence": presence})
-        plot = path.with_name(CLASS_PLOT_FILE)
+        stem, suffix = CLASS_PLOT_FILE.rsplit(".", 1)
+        plot = path.with_name(f"{stem}{self.split_suffix}.{suffix}")
         plot_class_distribution(stats, plot)
         return ({**stats, "path": str(path)},
                 f"class statistics of {len(train)} training images written to {path} (plot: {plot})")
@@ -435,7 +450,7 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
     def prepare_image_stats(self) -> str:
         """Per-channel mean/std of the training split's images (read as training reads them,
         in units of ``normalize.max_pixel_value``) → ``image_stats.json``; idempotent."""
-        path = self.work_dir / IMAGE_STATS_FILE
+        path = self.image_stats_path
         items = self.items()
         train = [items[i] for i in self.split(items)[0]]
         scale = float((self.normalize or {}).get("max_pixel_value", 255.0))
@@ -458,7 +473,7 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
             return self.normalize
         from segkit.data.class_stats import read_image_stats
 
-        stats = read_image_stats(self.work_dir, self.in_channels)
+        stats = read_image_stats(self.image_stats_path, self.in_channels)
         out = dict(self.normalize)
         for key in ("mean", "std"):
             if out.get(key) == "dataset":
