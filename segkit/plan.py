@@ -50,6 +50,8 @@ ENCODER = {"cpu": "resnet18", "gpu": "resnet34"}
 RARE_PRESENCE = 0.3  # a class in fewer than this share of the images is rare (repeat-factor threshold)
 SPARSE_FOREGROUND = 0.01  # foreground below this share of the pixels: Focal Tversky, more foreground crops
 IMAGERIES = ("overhead", "microscopy", "ground")
+#: data settings of a run, not of the data: not written into a plan (where the data is, which fold)
+RUN_SETTINGS = ("root", "cache_dir", "folds", "fold", "num_workers", "pin_memory")
 
 
 def parse_budget(budget: str | int | float) -> float:
@@ -516,7 +518,7 @@ def run_plan(cfg: Any, overrides: list[str] | None = None) -> dict[str, Any]:
     data_settings = {}
     for override in overrides:
         key, _, value = override.lstrip("+").partition("=")
-        if key.startswith("data.") and key not in ("data.root", "data.cache_dir") and "." not in key[5:]:
+        if key.startswith("data.") and key[5:] not in RUN_SETTINGS and "." not in key[5:]:
             data_settings[key[5:]] = OmegaConf.to_container(cfg.data, resolve=True).get(key[5:])
     experiment = output.stem
     in_conf = output.parent.resolve() == default_output(name).parent.resolve()
