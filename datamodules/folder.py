@@ -131,7 +131,8 @@ class FolderDataModule(SegmentationDataModule):
         if self.split_mode == "folders":
             return (f"expected {self.train_dir}/{self.images_dir}/<stem>.<ext> with {self.train_dir}/{self.masks_dir}/{mask}.<ext>, "
                     f"and the same under {self.val_dir}/")
-        return f"expected {self.images_dir}/<stem>.<jpg|png|tif|...> and {self.masks_dir}/{mask}.<png|tif|...>"
+        return (f"expected {self.images_dir}/<stem>.<jpg|png|tif|...> and {self.masks_dir}/{mask}.<png|tif|...>; "
+                "other folder names: data.images_dir=... data.masks_dir=...")
 
     # ----------------------------------------------------------------- pairing
     def _mask_stem_regex(self) -> re.Pattern:

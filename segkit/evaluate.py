@@ -199,12 +199,20 @@ def _combine(cfg: DictConfig, members: list[LoadedCheckpoint]) -> str:
             raise ValueError(f"combine=oof scores the held-out fold of each model: split={cfg.split} does not apply "
                              "(leave split out)")
         _check_oof(members)
-    elif own_data and fold_family(members):
+    elif fold_family(members) and (own_data or _same_root(cfg, members[0])):
         raise ValueError(
             "these checkpoints are the folds of one cross-validation: every image of their data was trained on "
             "by one of them, so their ensemble cannot be scored on it. Score them out-of-fold (combine=oof: each "
             "image by the fold that held it out), or point dataset=/data.root= at images none of them trained on")
     return combine
+
+
+def _same_root(cfg: DictConfig, member: LoadedCheckpoint) -> bool:
+    """Whether ``data.root`` names the folder the checkpoint was trained on."""
+    root, trained = cfg.data.get("root"), (member.data or {}).get("root")
+    if root is None or trained is None:
+        return False
+    return Path(str(root)).resolve() == Path(str(trained)).resolve()
 
 
 class _Part:
@@ -294,8 +302,12 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     if combine != "single":
         log.info("%s of %d checkpoints: %s", "out-of-fold scores" if combine == "oof" else "ensemble (logits averaged)",
                  len(members), ", ".join(str(p) for p in paths))
+    counts = []
+    for part in parts:  # limit=N: the first N images in all (taken fold by fold)
+        left = None if limit is None else max(limit - sum(counts), 0)
+        counts.append(len(part.dataset) if left is None else min(len(part.dataset), left))
     for p, part in enumerate(parts):
-        count = len(part.dataset) if limit is None else min(len(part.dataset), limit)
+        count = counts[p]
         desc = f"eval {split}" + (f" ({part.label})" if combine == "oof" else "")
         for index in tqdm(range(count), unit="img", desc=desc):
             image, target = part.dataset.load(index)
@@ -323,9 +335,14 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
                    windows=sum(part.predictor.windows_run for part in parts))
     if combine == "oof":
         total = len(first.items())
+        folds = sorted(int(m.data.get("fold", 0)) for m in members)
         summary["coverage"] = {"images_scored": summary["images"], "dataset_images": total,
-                               "folds": [int(m.data.get("fold", 0)) for m in members],
-                               "of_folds": int(loaded.data["folds"])}
+                               "folds": folds, "of_folds": int(loaded.data["folds"])}
+        missing = sorted(set(range(int(loaded.data["folds"]))) - set(folds))
+        if missing or summary["images"] < total:
+            log.warning("out-of-fold scores cover %d of the %d images: %s", summary["images"], total,
+                        f"fold(s) {', '.join(map(str, missing))} of {loaded.data['folds']} missing (not among the "
+                        "checkpoints)" if missing else "limit= or images left out")
     output.mkdir(parents=True, exist_ok=True)
     if tally is not None:
         fitted = tally.fit(scores.total, loaded.class_names)
@@ -346,11 +363,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
 
     ranked = sorted(((-neg, -negp, -negi, labels) for neg, negp, negi, labels in worst), key=lambda e: (e[0], e[1], e[2]))
     panels = []
-    row_of = {}
-    offset = 0
-    for p, part in enumerate(parts):
-        row_of[p] = offset
-        offset += len(part.dataset) if limit is None else min(len(part.dataset), limit)
+    row_of = {p: sum(counts[:p]) for p in range(len(parts))}
     for rank, (_score, p, index, labels) in enumerate(ranked, start=1):
         dataset = parts[p].dataset
         image, target = dataset.load(index)

@@ -31,6 +31,7 @@ The rules, in short (the reasons in the written file say which applied and why):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -55,19 +56,35 @@ RUN_SETTINGS = ("root", "cache_dir", "folds", "fold", "num_workers", "pin_memory
 
 
 def parse_budget(budget: str | int | float) -> float:
-    """Seconds of ``15min``, ``2h``, ``90s``, ``1h30min`` or a number of seconds."""
-    if isinstance(budget, (int, float)):
-        seconds = float(budget)
+    """Seconds of ``15min``, ``2h``, ``90s``, ``1h30min``, ``HH:MM:SS`` / ``DD:HH:MM:SS`` (as
+    ``trainer.max_time``), or a number of seconds (60 or more: a bare ``15`` is refused, as it
+    surely meant minutes)."""
+    text = str(budget).strip().lower().replace(" ", "")
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        seconds = float(text)
+        if 0 < seconds < 60:
+            raise ValueError(f"budget={budget} would be {seconds:g} seconds: write the unit (budget={text}min, "
+                             f"budget={text}s)")
+    elif re.fullmatch(r"\d+(:\d+){2,3}", text):
+        fields = [float(v) for v in text.split(":")]
+        seconds = sum(v * scale for v, scale in zip(reversed(fields), (1, 60, 3600, 86400)))
     else:
-        text = str(budget).strip().lower().replace(" ", "")
         parts = re.findall(r"(\d+(?:\.\d+)?)(h|min|m|s)?", text)
-        if not parts or "".join(n + (u or "") for n, u in parts) != text:
-            raise ValueError(f"budget={budget!r}: write a time such as 15min, 2h, 1h30min, 90s (or seconds)")
-        scale = {"h": 3600.0, "min": 60.0, "m": 60.0, "s": 1.0, "": 1.0}
-        seconds = sum(float(n) * scale[u] for n, u in parts)
+        if not parts or "".join(n + (u or "") for n, u in parts) != text or not parts[-1][1]:
+            raise ValueError(f"budget={budget!r}: write a time such as 15min, 2h, 1h30min, 90s or 00:15:00")
+        scale = {"h": 3600.0, "min": 60.0, "m": 60.0, "s": 1.0}
+        seconds = sum(float(n) * scale[u or "s"] for n, u in parts)
     if seconds <= 0:
         raise ValueError(f"budget={budget!r}: the training time must be positive")
     return seconds
+
+
+def _duration(seconds: float) -> str:
+    """``15 min``, ``2 h``, ``1 h 30 min``, ``45 s``."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h" + (f" {minutes % 60} min" if minutes % 60 else "")
 
 
 @dataclass
@@ -94,6 +111,7 @@ class Fingerprint:
     repeat_draws: float = 0.0  # images per epoch under repeat-factor sampling
     imagery: str = "ground"
     group_name: str = "image"
+    equal_channels: bool = False  # every image read has identical channels (grayscale stored as RGB)
 
     @property
     def foreground_share(self) -> float:
@@ -120,6 +138,7 @@ def fingerprint(datamodule: Any, max_images: int = 500, seed: int = 42) -> Finge
     total = total_sq = None
     count = 0
     dtype, channels = None, None
+    equal = True
     sizes: list[list[int]] = [[] for _ in range(k)]
     extents: list[int] = []
     for index in order:
@@ -128,6 +147,7 @@ def fingerprint(datamodule: Any, max_images: int = 500, seed: int = 42) -> Finge
         heights.append(image.shape[0])
         widths.append(image.shape[1])
         dtype, channels = str(image.dtype), image.shape[2]
+        equal = equal and channels > 1 and all(np.array_equal(image[:, :, 0], image[:, :, i]) for i in range(1, channels))
         pixels = image.reshape(-1, channels).astype(np.float64)
         total = pixels.sum(0) if total is None else total + pixels.sum(0)
         total_sq = (pixels**2).sum(0) if total_sq is None else total_sq + (pixels**2).sum(0)
@@ -162,6 +182,7 @@ def fingerprint(datamodule: Any, max_images: int = 500, seed: int = 42) -> Finge
         object_extent_p90=float(np.percentile(extents, 90)) if extents else 0.0,
         ignore_index=datamodule.ignore_index, repeat_draws=draws,
         imagery=getattr(datamodule, "imagery", "ground"), group_name=getattr(datamodule, "group_name", "image"),
+        equal_channels=bool(equal and count),
     )
 
 
@@ -207,8 +228,12 @@ def plan(fp: Fingerprint, device: str, budget_s: float, name: str, imagery: str 
     imagery = imagery or fp.imagery
     if imagery not in IMAGERIES:
         raise ValueError(f"imagery={imagery}: choose {', '.join(IMAGERIES)} (or auto: the dataset's)")
+    fp = dataclasses.replace(fp, imagery=imagery)
     c: list[Choice] = []
     notes: list[str] = []
+    if fp.channels == 3 and fp.equal_channels:
+        notes.append("every image read has three equal channels (grayscale saved as RGB): data.in_channels=1 "
+                     "would train on one channel, 3x less input for the same information")
     side = SIDE[device]
     same_size = len(set(fp.heights)) == 1 and len(set(fp.widths)) == 1
     min_side = min(min(fp.heights), min(fp.widths))
@@ -323,8 +348,10 @@ def plan(fp: Fingerprint, device: str, budget_s: float, name: str, imagery: str 
         val_s = fp.val_images * step_s / batch / 3 * (med_h * med_w) / (patch_h * patch_w)
         epoch_s = steps_per_epoch * step_s + val_s
         epochs = int(np.clip(math.floor(0.9 * budget_s / epoch_s), 1, 1000))
-        epoch_why = (f"{epochs} epochs: a training step took {step_s:.2f} s here, {steps_per_epoch} steps and "
-                     f"~{val_s:.0f} s of validation an epoch, 90% of the {budget_s / 60:.0f} min budget")
+        epoch_why = (f"{epochs} epoch{'s' if epochs != 1 else ''}: a training step took {step_s:.2f} s here, "
+                     f"{steps_per_epoch} steps and ~{val_s:.0f} s of validation an epoch, 90% of the "
+                     f"{_duration(budget_s)} budget" + (" (the budget does not hold one epoch: raise it)"
+                                                      if 0.9 * budget_s < epoch_s else ""))
     else:
         step_s = None
         epoch_why = f"{epochs} epochs, as asked (steps not timed)"
@@ -499,9 +526,9 @@ def run_plan(cfg: Any, overrides: list[str] | None = None) -> dict[str, Any]:
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
         raise ValueError(f"name={name}: letters, digits, _ and - only (it names the experiment file)")
     output = Path(str(cfg.output)) if cfg.get("output") else default_output(name)
-    if output.suffix not in (".yaml", ".yml"):
-        output = output / f"{name}_planned.yaml"
-    refuse_overwrite([output], bool(cfg.overwrite))
+    if output.suffix not in (".yaml", ".yml"):  # a folder: its experiment/ subfolder, for --config-dir
+        output = (output if output.name == "experiment" else output / "experiment") / f"{name}_planned.yaml"
+    refuse_overwrite([output, output.with_suffix(".fingerprint.json")], bool(cfg.overwrite))
     require_writable(output.parent, "write the plan elsewhere with output=<folder>/experiment/<name>_planned.yaml")
     datamodule.require_work_dir()
     for message in datamodule.prepare(class_stats=True):
@@ -528,7 +555,7 @@ def run_plan(cfg: Any, overrides: list[str] | None = None) -> dict[str, Any]:
                if config_dir is not None else None)
     text = render(result, data_settings, command or "")
     write_bytes_atomic(output, text.encode())
-    write_bytes_atomic(output.with_suffix(".fingerprint.json"), json.dumps(fingerprint_json(fp), indent=2).encode())
+    write_bytes_atomic(output.with_suffix(".fingerprint.json"), json.dumps(fingerprint_json(result.fingerprint), indent=2).encode())
     print(text)
     print(f"plan written to {output} (fingerprint beside it: {output.with_suffix('.fingerprint.json').name})")
     if command:

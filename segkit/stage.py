@@ -139,6 +139,7 @@ def fit_stage(
     datamodule = instantiate(cfg.data, **{**agree_class_names(cfg), **(data_overrides or {})}, _convert_="all")
     module = build_module(cfg, datamodule, **(module_overrides or {}))
     check_input_size(datamodule, module)
+    check_monitor(cfg.monitor.metric, module)
     if init_checkpoint:
         state = read_checkpoint(init_checkpoint)["state_dict"]
         module.net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
@@ -200,6 +201,20 @@ def fit_stage(
         "wall_time_s": round(time.perf_counter() - started, 1),
         "run_dir": str(stage_dir),
     }
+
+
+def check_monitor(metric: str, module: SegmentationModule) -> None:
+    """``ValueError`` before training when ``monitor.metric`` names a per-class score of a class
+    the model does not have (Lightning would find out after the first epoch, with a traceback)."""
+    prefix, _, name = metric.rpartition("/")
+    if module.task != "segmentation" or prefix not in ("val/dice", "val/iou"):
+        return
+    names = module.val_metrics.class_names
+    if name not in names:
+        raise ValueError(
+            f"monitor.metric={metric}: the model's classes are {', '.join(names)}, so it logs "
+            f"{', '.join(f'{prefix}/{n}' for n in names)}: name one of them, or the classes (data.class_names=[...])"
+        )
 
 
 def check_input_size(datamodule: Any, module: SegmentationModule) -> None:

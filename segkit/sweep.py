@@ -118,9 +118,10 @@ class SweepSummary(Callback):
         rows = write_sweep_summary(config.hydra.sweep.dir)
         if rows:
             best = rows[0]
-            log.info("sweep of %d runs; best %s=%.4f in run %s (%s); summary in %s", len(rows), best["monitor"],
-                     best["best"], best["run"], best["overrides"], Path(config.hydra.sweep.dir) / "summary.md")
             folds = fold_summary(rows)
+            if not folds:
+                log.info("sweep of %d runs; best %s=%.4f in run %s (%s); summary in %s", len(rows), best["monitor"],
+                         best["best"], best["run"], best["overrides"], Path(config.hydra.sweep.dir) / "summary.md")
             if folds:  # cross-validation: the folds' mean is the result, not the best fold
                 print(f"sweep summary: {Path(config.hydra.sweep.dir) / 'summary.md'}; cross-validation of "
                       f"{best['monitor']} (overrides | folds | mean | std | min | max):")

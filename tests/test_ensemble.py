@@ -239,3 +239,31 @@ def test_postprocessing_is_fitted_by_eval_and_applied_by_predict(ckpt, folds, tm
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match=r"fitted for the classes \['background', 'car'\]"):
         read_postprocessing(tmp_path / "bad.json", ["background", "ship"])
+
+
+def test_an_ensemble_of_folds_is_refused_on_their_root_named_again(ckpt, folds, tmp_path):
+    root = load_checkpoint(ckpt).data["root"]
+    with pytest.raises(ValueError, match="every image of their data was trained on by one of them"):
+        _eval(f"ckpt={folds}", "dataset=synthetic", f"data.root={root}", "split=all", f"output={tmp_path / 'e'}")
+
+
+def test_missing_folds_and_limits_are_said(folds, tmp_path, caplog):
+    two = f"ckpt=[{folds / '0' / 'checkpoints' / 'best.ckpt'},{folds / '2' / 'checkpoints' / 'best.ckpt'}]"
+    with caplog.at_level("WARNING", logger="segkit.evaluate"):
+        summary = _eval(two, f"output={tmp_path / 'two'}")
+    assert summary["coverage"]["folds"] == [0, 2] and summary["images"] < summary["coverage"]["dataset_images"]
+    assert f"out-of-fold scores cover {summary['images']} of the {summary['coverage']['dataset_images']} images: " \
+           "fold(s) 1 of 3 missing" in caplog.text
+    assert _eval(f"ckpt={folds}", "limit=7", f"output={tmp_path / 'limited'}")["images"] == 7  # 7 in all, not per fold
+
+
+def test_a_monitor_naming_a_class_the_model_lacks_is_refused_before_training():
+    from segkit.stage import check_monitor
+    from tests.helpers import conv1x1_module
+
+    module = conv1x1_module(classes=1)  # binary: background, foreground
+    check_monitor("val/dice/foreground", module)
+    check_monitor("val/dice", module)
+    with pytest.raises(ValueError, match=r"monitor.metric=val/dice/membrane: the model's classes are background, "
+                                         r"foreground, so it logs val/dice/background, val/dice/foreground"):
+        check_monitor("val/dice/membrane", module)

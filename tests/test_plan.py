@@ -38,9 +38,12 @@ def _train_config(tmp_path, name, *overrides):
 def test_parse_budget():
     assert parse_budget("15min") == 900 and parse_budget("2h") == 7200 and parse_budget("1h30min") == 5400
     assert parse_budget("90s") == 90 and parse_budget(120) == 120
-    for bad in ("soon", "15 parsecs", "-5min", "0s"):
+    assert parse_budget("00:15:00") == 900 and parse_budget("00:01:30:00") == 5400  # as trainer.max_time
+    for bad in ("soon", "15 parsecs", "-5min", "0s", "15mins", "1h30"):
         with pytest.raises(ValueError, match="budget="):
             parse_budget(bad)
+    with pytest.raises(ValueError, match=r"budget=15 would be 15 seconds: write the unit \(budget=15min"):
+        parse_budget(15)
 
 
 @pytest.mark.parametrize("dataset", sorted(FIXTURE_DATA))
@@ -108,6 +111,7 @@ def test_sparse_foreground_gets_focal_tversky_and_oversampling_and_large_images_
     assert fp.presence[1] == pytest.approx(2 / 9)
     assert planned["data"]["sampling"] == "repeat_factor"  # class1 in 2 of the 9 training images
     assert "rotate" in planned["data"]["augment"]  # microscopy, as said
+    assert json.loads((tmp_path / "plans" / "experiment" / "sparse_planned.fingerprint.json").read_text())["imagery"] == "microscopy"
 
 
 def test_a_plan_trains_from_the_command_it_prints(tmp_path):
@@ -148,3 +152,17 @@ def test_an_existing_plan_is_not_overwritten(tmp_path):
     _plan(tmp_path, "oilseep")
     with pytest.raises(FileExistsError, match="oilseep_planned.yaml"):
         _plan(tmp_path, "oilseep")
+    (tmp_path / "plans" / "experiment" / "oilseep_planned.yaml").unlink()  # the fingerprint beside it is kept too
+    with pytest.raises(FileExistsError, match="oilseep_planned.fingerprint.json"):
+        _plan(tmp_path, "oilseep")
+
+
+def test_grayscale_stored_as_rgb_is_pointed_out(tmp_path):
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "masks").mkdir()
+    for i in range(5):
+        gray = np.random.default_rng(i).integers(0, 256, (64, 64), dtype=np.uint8)
+        cv2.imwrite(str(tmp_path / "data" / "images" / f"s{i}.png"), np.dstack([gray] * 3))
+        cv2.imwrite(str(tmp_path / "data" / "masks" / f"s{i}.png"), (gray > 128).astype(np.uint8))
+    _, text, _ = _plan(tmp_path, "folder", "data.num_classes=2")
+    assert "# NOTE: every image read has three equal channels (grayscale saved as RGB): data.in_channels=1" in text
