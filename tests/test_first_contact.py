@@ -370,9 +370,12 @@ def test_ctrl_c_is_a_message_not_a_traceback(tmp_path):
     deadline = time.monotonic() + 180
     while not (run / "checkpoints" / "last.ckpt").is_file() and time.monotonic() < deadline:
         time.sleep(0.2)
+    finished_first = process.poll() is not None  # nothing left to interrupt: say so, with what it printed
+    seen = (run / "checkpoints" / "last.ckpt").is_file()
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr[-3000:]
+    stdout, stderr = process.communicate(timeout=120)
+    assert not finished_first, f"training ended before it was interrupted (last.ckpt seen: {seen})\n{stdout[-2000:]}"
+    assert process.returncode == 130, f"{stdout[-2000:]}\n{stderr[-3000:]}"
     assert "Traceback" not in stderr, stderr[-3000:]
     said = f"segkit-train: interrupted (Ctrl-C or a stop signal); files written so far are complete, nothing half-written. resume={run} continues"
     assert said in stderr
