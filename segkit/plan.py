@@ -293,8 +293,9 @@ def plan(fp: Fingerprint, device: str, budget_s: float, name: str, imagery: str 
     # ---- sampling
     fg_presence = [(name, p) for name, p in zip(fp.class_names[1:], fp.presence[1:]) if p > 0]
     rarest = min(fg_presence, key=lambda t: t[1]) if fg_presence else None
-    if rarest is not None and rarest[1] < RARE_PRESENCE:
-        c.append(Choice("data.sampling", "repeat_factor", f"{rarest[0]} is in {rarest[1]:.0%} of the training images "
+    sampling = "repeat_factor" if rarest is not None and rarest[1] < RARE_PRESENCE else "uniform"
+    if sampling == "repeat_factor":
+        c.append(Choice("data.sampling", sampling, f"{rarest[0]} is in {rarest[1]:.0%} of the training images "
                         f"(under {RARE_PRESENCE:.0%}): images holding rare classes are drawn more often "
                         f"(~{fp.repeat_draws:.0f} draws per epoch from {fp.train_images} images)"))
     else:
@@ -339,7 +340,7 @@ def plan(fp: Fingerprint, device: str, budget_s: float, name: str, imagery: str 
     c.append(Choice("model.encoder_weights", None, "trained from scratch: nothing to download, any channel count"))
 
     # ---- schedule
-    draws = fp.repeat_draws if c_value(c, "data.sampling") == "repeat_factor" else fp.train_images
+    draws = fp.repeat_draws if sampling == "repeat_factor" else fp.train_images
     steps_per_epoch = max(1, math.ceil(draws / batch))
     if epochs is None:
         if seconds_per_step is None:
@@ -371,10 +372,6 @@ def plan(fp: Fingerprint, device: str, budget_s: float, name: str, imagery: str 
         notes.append(f"only {fp.train_images} training images: expect a noisy validation score; consider "
                      "cross-validation (data.folds=5)")
     return Plan(name, device, budget_s, c, fp, step_s, notes)
-
-
-def c_value(choices: list[Choice], key: str) -> Any:
-    return next(ch.value for ch in choices if ch.key == key)
 
 
 def _clock(seconds: float) -> str:
