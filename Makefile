@@ -8,7 +8,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.segkit-installed
 ARGS ?=
+# the suite runs one worker per core, a test file to a worker (module fixtures are built once);
+# PYTEST_ARGS="-n 0" runs it in this process
 PYTEST_ARGS ?=
+PYTEST_PARALLEL ?= -n auto --dist loadfile
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 
@@ -27,7 +30,7 @@ demo: setup
 	$(VENV)/bin/segkit-train $(ARGS)
 
 test: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

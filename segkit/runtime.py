@@ -5,10 +5,16 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
-__all__ = ["cpu_has_native_bf16", "resolve_accelerator", "resolve_precision"]
+__all__ = ["MACHINE_KEYS", "cpu_has_native_bf16", "cuda_has_native_bf16", "resolve_accelerator", "resolve_devices",
+           "resolve_machine", "resolve_precision"]
+
+#: the trainer settings resolved for the machine at hand; a run saves what was asked for
+#: (``auto``) beside what it resolved to, so that ``resume=`` on another machine resolves again
+MACHINE_KEYS = ("accelerator", "devices", "precision")
 
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -29,6 +35,14 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in flags for flag in _BF16_FLAGS)
 
 
+def cuda_has_native_bf16(device: int | None = None) -> bool:
+    """True on a CUDA GPU with bf16 tensor cores (compute capability 8.0, Ampere, and newer).
+
+    Older GPUs (V100, T4) emulate bf16 slowly, so they get ``16-mixed`` with a gradient scaler.
+    """
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def resolve_accelerator(accelerator: str) -> str:
     """``"auto"`` → ``"gpu"`` when CUDA is available, else ``"cpu"``; anything else unchanged."""
     if accelerator == "auto":
@@ -37,7 +51,9 @@ def resolve_accelerator(accelerator: str) -> str:
 
 
 def resolve_precision(precision: str | int, accelerator: str) -> str:
-    """``"auto"`` → ``16-mixed`` on CUDA; ``bf16-mixed`` on a CPU with native bf16; else ``32-true``.
+    """``"auto"`` → ``bf16-mixed`` on a GPU with bf16 tensor cores (Ampere and newer), ``16-mixed``
+    (Lightning adds the gradient scaler) on older GPUs; ``bf16-mixed`` on a CPU with native bf16;
+    else ``32-true``.
 
     Any other value (``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"``, ``64`` …) is passed through.
     """
@@ -45,7 +61,39 @@ def resolve_precision(precision: str | int, accelerator: str) -> str:
         return str(precision)
     accelerator = resolve_accelerator(accelerator)
     if accelerator in ("gpu", "cuda"):
-        return "16-mixed"
+        return "bf16-mixed" if cuda_has_native_bf16() else "16-mixed"
     if accelerator == "cpu" and cpu_has_native_bf16():
         return "bf16-mixed"
     return "32-true"
+
+
+def resolve_devices(devices: Any, accelerator: str) -> tuple[Any, str]:
+    """``"auto"`` → one device, with a note when the machine has more GPUs (DDP over all of
+    them is asked for with ``trainer.devices=-1`` or a count, never implied); anything else
+    unchanged. Returns ``(devices, note)``."""
+    if str(devices) != "auto":
+        return devices, ""
+    if resolve_accelerator(accelerator) in ("gpu", "cuda"):
+        count = torch.cuda.device_count()
+        if count > 1:
+            return 1, (f"one GPU of the {count} here (devices=auto); trainer.devices={count} (or -1) trains on all "
+                       f"of them with DDP")
+    return 1, ""
+
+
+def resolve_machine(trainer: Any) -> tuple[dict[str, Any], str]:
+    """Resolve ``trainer.accelerator``, ``devices`` and ``precision`` (a config node) for this
+    machine, in place. Returns the values asked for (to save for a resume elsewhere) and one
+    line saying what they became."""
+    requested = {key: trainer.get(key) for key in MACHINE_KEYS}
+    accelerator = resolve_accelerator(str(requested["accelerator"]))
+    devices, note = resolve_devices(requested["devices"], accelerator)
+    precision = resolve_precision(requested["precision"], accelerator)
+    trainer.accelerator, trainer.devices, trainer.precision = accelerator, devices, precision
+
+    def asked(key: str, value: Any) -> str:  # "bf16-mixed (auto)": what it became, and what was asked for
+        return f"{value} ({requested[key]})" if str(requested[key]) != str(value) else str(value)
+
+    line = (f"machine: accelerator {asked('accelerator', accelerator)}, devices {asked('devices', devices)}, "
+            f"precision {asked('precision', precision)}")
+    return requested, f"{line}; {note}" if note else line

@@ -21,7 +21,7 @@ from segkit.data.io import write_json_atomic
 from segkit.recipes import run_recipe
 from segkit.resume import UNRESOLVED_CONFIG, has_last_checkpoint, locate_resume
 from segkit.rundir import claim_run_dir, process_rank, release_run_dir
-from segkit.runtime import resolve_accelerator, resolve_precision
+from segkit.runtime import MACHINE_KEYS, resolve_machine
 from segkit.stage import fit_stage
 
 __all__ = ["format_summary", "run_training"]
@@ -35,12 +35,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     Returns the content of ``metrics.json``.
     """
     started = time.perf_counter()
-    accelerator = resolve_accelerator(cfg.trainer.accelerator)
-    precision = resolve_precision(cfg.trainer.precision, accelerator)
-    with open_dict(cfg):
-        cfg.trainer.accelerator = accelerator
-        cfg.trainer.precision = precision
-    found = locate_resume(cfg)
+    found = locate_resume(cfg)  # compared on the settings asked for (accelerator: auto ...), not this machine's
     resuming = found is not None
     if resuming:
         cfg, run_dir = found
@@ -49,11 +44,17 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         log.info("resuming the run in %s", run_dir)
     else:
         run_dir = Path(cfg.paths.run_dir)
+    with open_dict(cfg):
+        requested, machine = resolve_machine(cfg.trainer)
+    if rank_zero_only.rank == 0:
+        log.info(machine)
+    if resuming:
+        _say_if_machine_changed(run_dir, cfg)
     # one live run per directory (segkit.rundir); also the directory a resume continues in
     claim_run_dir(run_dir, "resume" if resuming else "hydra.run.dir")
     continued_log = _continue_run_log(run_dir) if resuming else None
     try:
-        return _train_in(cfg, run_dir, resuming, started)
+        return _train_in(cfg, run_dir, resuming, started, requested)
     finally:
         if continued_log is not None:
             logging.getLogger().removeHandler(continued_log)
@@ -81,7 +82,23 @@ def _continue_run_log(run_dir: Path) -> logging.Handler | None:
     return handler
 
 
-def _train_in(cfg: DictConfig, run_dir: Path, resuming: bool, started: float) -> dict[str, Any]:
+def _say_if_machine_changed(run_dir: Path, cfg: DictConfig) -> None:
+    """A run resumed on another machine trains as this one resolves its settings (a CPU run
+    continued on a GPU trains on the GPU); say so when that differs from the run's start."""
+    try:
+        before = OmegaConf.load(run_dir / "config.yaml").trainer
+    except (OSError, ValueError, AttributeError):
+        return
+    changed = [f"{key} {before.get(key)} -> {cfg.trainer[key]}" for key in MACHINE_KEYS
+               if str(before.get(key)) != str(cfg.trainer[key])]
+    if changed and rank_zero_only.rank == 0:
+        log.warning("resume: this machine resolves the run's settings otherwise than where it started (%s); "
+                    "training goes on with this machine's",
+                    ", ".join(changed))
+
+
+def _train_in(cfg: DictConfig, run_dir: Path, resuming: bool, started: float,
+              requested: dict[str, Any]) -> dict[str, Any]:
     if not resuming:
         if has_last_checkpoint(run_dir) or any((run_dir / "checkpoints").glob("*.ckpt")):
             raise FileExistsError(
@@ -93,6 +110,7 @@ def _train_in(cfg: DictConfig, run_dir: Path, resuming: bool, started: float) ->
             (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
             unresolved = OmegaConf.to_container(cfg, resolve=False)
             unresolved["paths"] = {"run_dir": str(run_dir)}  # ${hydra:...} cannot be resolved later
+            unresolved["trainer"].update(requested)  # resolved again where the run is resumed
             (run_dir / UNRESOLVED_CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.create(unresolved)))
     L.seed_everything(cfg.seed, workers=True)
 

@@ -9,6 +9,11 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `make test` runs a worker per core: share the cores, don't oversubscribe
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 from bench.common import REALDATA  # noqa: E402 — ../shared/realdata, or $SEGKIT_REALDATA
 from tests.helpers import TINY_TRAIN, run_segkit  # noqa: E402
 

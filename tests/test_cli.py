@@ -35,7 +35,7 @@ def test_fast_dev_run_writes_the_run_directory(fast_dev_run):
         assert key in metrics["best"] and key in metrics["final"]
     assert metrics["monitor"] == "val/dice"
     assert metrics["best_checkpoint"] == str(run_dir / "checkpoints" / "best.ckpt")
-    assert metrics["precision"] == resolve_precision("auto", "cpu")
+    assert metrics["precision"] == resolve_precision("auto", "auto")
     assert metrics["model_parameters"] == 6_628_945
     assert "val/dice" in result.stdout and f"best checkpoint: {run_dir}/checkpoints/best.ckpt" in result.stdout
 
@@ -45,7 +45,7 @@ def test_saved_config_is_resolved_and_reusable(fast_dev_run):
     text = (run_dir / "config.yaml").read_text()
     assert "${" not in text  # every interpolation resolved
     assert f"run_dir: {run_dir}" in text
-    assert "precision: " + resolve_precision("auto", "cpu") in text
+    assert "precision: " + resolve_precision("auto", "auto") in text
 
 
 def test_checkpoint_alone_rebuilds_the_model(fast_dev_run):

@@ -142,6 +142,31 @@ def test_resume_auto_finds_the_run_with_the_same_config(tmp_path):
     assert fresh.returncode == 0 and (runs / "third" / "checkpoints" / "last.ckpt").is_file()  # nothing matched
 
 
+def test_resume_on_another_machine_resolves_the_settings_again(tmp_path):
+    """A run saves ``accelerator/devices/precision: auto`` as asked, beside what they resolved
+    to; resumed on another machine they resolve there (a GPU run continued on this CPU trains
+    on the CPU, and says so) instead of keeping the first machine's values."""
+    from omegaconf import OmegaConf
+
+    from segkit.runtime import resolve_accelerator, resolve_precision
+
+    started = tmp_path / "run"
+    result = run(*TINY, "trainer.max_epochs=1", "logger=csv", f"hydra.run.dir={started}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = OmegaConf.load(started / "config.unresolved.yaml").trainer
+    assert (saved.accelerator, saved.devices, saved.precision) == ("auto", "auto", "auto")
+    accelerator, here = resolve_accelerator("auto"), resolve_precision("auto", "auto")  # this machine's (CPU or GPU)
+    resolved = OmegaConf.load(started / "config.yaml")
+    assert (resolved.trainer.accelerator, resolved.trainer.devices, resolved.trainer.precision) == (accelerator, 1, here)
+    other = ("gpu", "16-mixed") if accelerator == "cpu" else ("cpu", "32-true")  # as the other kind of machine wrote it
+    resolved.trainer.accelerator, resolved.trainer.precision = other
+    (started / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    resumed = run(f"resume={started}", f"hydra.run.dir={tmp_path / 'resume-log'}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"accelerator {other[0]} -> {accelerator}, precision {other[1]} -> {here}" in resumed.stderr + resumed.stdout
+    assert json.loads((started / "metrics.json").read_text())["precision"] == here
+
+
 def test_resume_errors_are_clear(tmp_path):
     result = run(*TINY, f"resume={tmp_path / 'nothing'}", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
     assert result.returncode != 0 and "no config.unresolved.yaml there" in result.stderr

@@ -1,16 +1,37 @@
 import pytest
+from omegaconf import OmegaConf
 
 from segkit import runtime
 
 
 @pytest.mark.parametrize(
-    "cuda, bf16, expected",
-    [(True, False, "16-mixed"), (True, True, "16-mixed"), (False, True, "bf16-mixed"), (False, False, "32-true")],
+    "cuda, capability, cpu_bf16, expected",
+    [(True, (7, 5), False, "16-mixed"),  # T4: bf16 only emulated, so fp16 with a gradient scaler
+     (True, (7, 0), True, "16-mixed"),  # V100 (the CPU's bf16 does not matter on a GPU)
+     (True, (8, 0), False, "bf16-mixed"),  # A100
+     (True, (9, 0), False, "bf16-mixed"),  # H100
+     (False, None, True, "bf16-mixed"),
+     (False, None, False, "32-true")],
 )
-def test_auto_precision(monkeypatch, cuda, bf16, expected):
+def test_auto_precision(monkeypatch, cuda, capability, cpu_bf16, expected):
     monkeypatch.setattr(runtime.torch.cuda, "is_available", lambda: cuda)
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: bf16)
+    monkeypatch.setattr(runtime.torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: cpu_bf16)
     assert runtime.resolve_precision("auto", "auto") == expected
+
+
+@pytest.mark.parametrize("count", [1, 4])
+def test_devices_auto_is_one_gpu_and_says_how_to_use_all(monkeypatch, count):
+    monkeypatch.setattr(runtime.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(runtime.torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(runtime.torch.cuda, "get_device_capability", lambda device=None: (8, 6))
+    trainer = OmegaConf.create({"accelerator": "auto", "devices": "auto", "precision": "auto", "max_epochs": 3})
+    requested, line = runtime.resolve_machine(trainer)
+    assert requested == {"accelerator": "auto", "devices": "auto", "precision": "auto"}
+    assert (trainer.accelerator, trainer.devices, trainer.precision) == ("gpu", 1, "bf16-mixed")
+    assert line.startswith("machine: accelerator gpu (auto), devices 1 (auto), precision bf16-mixed (auto)")
+    assert (f"trainer.devices={count} (or -1) trains on all of them with DDP" in line) is (count > 1)
+    assert runtime.resolve_devices(2, "gpu") == (2, "") and runtime.resolve_devices(-1, "auto") == (-1, "")
 
 
 def test_explicit_values_pass_through(monkeypatch):
