@@ -20,6 +20,8 @@ __all__ = [
     "cross_entropy",
     "dice_score",
     "focal_power",
+    "needs_deterministic_ce",
+    "per_pixel_cross_entropy",
     "soft_counts",
     "tversky_index",
     "upcast",
@@ -119,6 +121,22 @@ def ce_ignore(ignore_index: int | None) -> int:
     return -100 if ignore_index is None else ignore_index
 
 
+def needs_deterministic_ce(logits: torch.Tensor) -> bool:
+    """True where PyTorch's ``nll_loss2d`` would raise: deterministic algorithms asked for
+    (``trainer.deterministic=true``) on a CUDA tensor, for which it has no deterministic kernel."""
+    return logits.is_cuda and torch.are_deterministic_algorithms_enabled()
+
+
+def per_pixel_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``F.cross_entropy(logits, target, reduction="none")`` for ``(B, C, H, W)`` logits and
+    in-range labels; under :func:`needs_deterministic_ce` the same loss as
+    ``-Σ_c onehot_c · log_softmax_c``, which is elementwise (deterministic forward and backward)."""
+    if not needs_deterministic_ce(logits):
+        return F.cross_entropy(logits, target, reduction="none")
+    one_hot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
+    return -(F.log_softmax(logits, dim=1) * one_hot).sum(1)
+
+
 def cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -143,14 +161,14 @@ def cross_entropy(
     logits = upcast(logits)
     target = target.long()
     weights = None if class_weights is None else class_weights.to(logits.dtype)
-    if logits.shape[1] > 1 and normalize_by == "weights":
+    if logits.shape[1] > 1 and normalize_by == "weights" and not needs_deterministic_ce(logits):
         return F.cross_entropy(logits, target, weight=weights, ignore_index=ce_ignore(ignore_index))
     valid = _valid(target, ignore_index)
     safe = torch.where(valid, target, torch.zeros_like(target))
     if logits.shape[1] == 1:
         per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0], safe.to(logits.dtype), reduction="none")
     else:
-        per_pixel = F.cross_entropy(logits, safe, reduction="none")
+        per_pixel = per_pixel_cross_entropy(logits, safe)
     valid_f = valid.to(logits.dtype)
     pixel_weight = valid_f if weights is None else valid_f * weights[safe]
     denominator = pixel_weight if normalize_by == "weights" else valid_f

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from segkit.losses import LOSSES, build_loss
 from tests.fixtures import loss_reference as ref
@@ -499,3 +500,50 @@ def test_weights_auto_inside_a_compound_term_are_resolved_from_class_stats(tmp_p
     logits, target = sample(3, seed=8)
     assert value(loss, logits, target) == pytest.approx(
         ref.weighted_ce(logits.numpy(), target.numpy(), [0.5, 1.5, 3.0]) + value(make("dice", 3), logits, target), rel=1e-12)
+
+
+# ------------------------------------------------ trainer.deterministic=true on CUDA
+def test_the_deterministic_cross_entropy_equals_pytorchs(monkeypatch):
+    """CUDA's nll_loss2d has no deterministic kernel, so under deterministic algorithms on a
+    GPU every cross-entropy (val/ce, weighted_ce, dice_ce, bce_dice ...) takes the elementwise
+    log-softmax form: the same values and gradients as F.cross_entropy, forced here on the CPU."""
+    from segkit import loss_functional
+
+    logits, target = sample(4, seed=5, shape=(2, 7, 9))
+    target[0, :2] = 255
+    reference = {}
+    for forced in (False, True):
+        monkeypatch.setattr(loss_functional, "needs_deterministic_ce", lambda _logits, f=forced: f)
+        for weights in (None, torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=torch.float64)):
+            for normalize_by in ("weights", "pixels"):
+                x = logits.clone().requires_grad_(True)
+                value = loss_functional.cross_entropy(x, target, 255, weights, normalize_by)
+                value.backward()
+                key = (weights is not None, normalize_by)
+                if not forced:
+                    reference[key] = (value.detach(), x.grad)
+                else:
+                    torch.testing.assert_close(value.detach(), reference[key][0], rtol=1e-12, atol=1e-12)
+                    torch.testing.assert_close(x.grad, reference[key][1], rtol=1e-12, atol=1e-12)
+        for name in ("dice_ce", "bce_dice", "weighted_ce"):
+            loss = build_loss(name, num_classes=4, ignore_index=255, **({"weights": None} if name == "weighted_ce" else {}))
+            reference.setdefault(name, loss(logits, target))
+            torch.testing.assert_close(loss(logits, target), reference[name], rtol=1e-12, atol=1e-12)
+    expected = F.cross_entropy(logits, torch.where(target == 255, -100, target), ignore_index=-100)
+    torch.testing.assert_close(reference[(False, "weights")][0], expected)
+
+
+def test_the_deterministic_form_is_used_only_on_cuda_when_asked():
+    from types import SimpleNamespace
+
+    from segkit.loss_functional import needs_deterministic_ce
+
+    logits = torch.zeros(1, 3, 2, 2)
+    assert not needs_deterministic_ce(logits)
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert not needs_deterministic_ce(logits)  # the CPU kernel is deterministic: PyTorch's fused loss stays
+        assert needs_deterministic_ce(SimpleNamespace(is_cuda=True))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert not needs_deterministic_ce(SimpleNamespace(is_cuda=True))
