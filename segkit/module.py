@@ -110,6 +110,8 @@ class SegmentationModule(L.LightningModule):
                 f"task 'classification' needs a classification head on the encoder: set "
                 f"model.classification_head=true (smp encoders; model {model['name']!r})"
             )
+        for _, part in self.net.unused_parts(task):  # DDP's reducer expects a gradient for every trainable parameter
+            part.requires_grad_(False)
         if task == "classification":
             # the image-level metrics of the classification stage only: a segmentation model's
             # summary (and its checkpoints) carry no metric it never computes

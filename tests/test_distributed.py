@@ -6,6 +6,7 @@ import json
 
 import lightning as L
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from segkit.checkpoint import load_checkpoint
@@ -45,3 +46,24 @@ def test_ddp_on_two_cpu_processes(tmp_path):
         assert final[key] == pytest.approx(single[key], abs=1e-6), key
     # per-pixel BCE averages the same over any batching (the Dice part of val/loss is per batch)
     assert final["val/bce"] == pytest.approx(single["val/bce"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_ddp_staged_recipe_with_a_classification_head(tmp_path):
+    """airbus_staged's shape on two gloo processes: a classification stage (the decoder gets no
+    gradient) then a segmentation stage (the image-level head's output is unused). Each stage
+    freezes what its loss does not reach, so DDP's reducer never waits for a missing gradient."""
+    stages = ("recipe={stages: [{name: classify, task: classification, epochs: 1, background_ratio: 0.7},"
+              "{name: segment, epochs: 1, background_ratio: 0.3}]}")
+    run_dir = tmp_path / "staged"
+    result = run_segkit("segkit-train", *DDP_RUN, "model.classification_head=true", stages, "trainer.max_epochs=1",
+                        "logger=csv", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = (run_dir / "stages.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].split(",")[2] == "classification" and rows[2].split(",")[2] == "segmentation"
+    first = load_checkpoint(run_dir / "stages" / "00_classify" / "checkpoints" / "last.ckpt").module.net.net
+    second = load_checkpoint(run_dir / "stages" / "01_segment" / "checkpoints" / "last.ckpt").module.net.net
+    # the classification stage trained the encoder and its head; the segmentation stage left that head as it was
+    for key, value in first.classification_head.state_dict().items():
+        assert torch.equal(value, second.classification_head.state_dict()[key]), key
+    assert any(not torch.equal(a, b) for a, b in zip(first.encoder.state_dict().values(), second.encoder.state_dict().values()))

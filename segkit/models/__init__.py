@@ -51,6 +51,16 @@ class SegmentationNet(nn.Module):
     def has_classification_head(self) -> bool:
         return getattr(self.net, "classification_head", None) is not None
 
+    def unused_parts(self, task: str) -> list[tuple[str, nn.Module]]:
+        """The submodules whose output a ``task``'s loss never reaches: the decoder and the
+        segmentation head in a classification stage, the image-level head in a segmentation
+        stage (its output is dropped). Frozen for that stage, so DDP waits for no gradient
+        they cannot get."""
+        if not self.has_classification_head:
+            return []
+        names = ("decoder", "segmentation_head") if task == "classification" else ("classification_head",)
+        return [(name, getattr(self.net, name)) for name in names]
+
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` → ``(B, 1)`` image-level logits from the encoder's deepest features."""
         if not self.has_classification_head:
