@@ -149,6 +149,12 @@ def test_the_datamodule_hands_each_rank_its_share(tmp_path):
     train, val = dm.train_dataloader(), dm.val_dataloader()
     assert train.sampler.rank == 1 and train.sampler.world_size == 2 and len(train.sampler) == 6
     assert list(val.sampler) == list(range(1, len(dm.val_dataset), 2))
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=len(dm.val_dataset) + 1)  # a process would get no image
+    with pytest.raises(ValueError, match="synthetic: the validation split has 4 image\\(s\\), fewer than the 5 processes "
+                                         "of this DDP run, .* Validate on at least 5 images"):
+        dm.val_dataloader()
+    dm.trainer = SimpleNamespace(global_rank=3, world_size=len(dm.val_dataset))  # one image each is enough
+    assert list(dm.val_dataloader().sampler) == [3]
 
 
 class Payload:

@@ -639,6 +639,15 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         assert self.val_dataset is not None, "call setup() first"
         rank, world_size = self._rank()
+        if 0 < len(self.val_dataset) < world_size:
+            # a rank without a validation batch skips the first validation forward (DDP's buffer
+            # broadcast) and the metrics' epoch-end gather that the others wait in: they hang
+            raise ValueError(
+                f"{self.kind}: the validation split has {len(self.val_dataset)} image(s), fewer than the "
+                f"{world_size} processes of this DDP run, so a process would have no validation batch and the "
+                f"others would wait for it forever. Validate on at least {world_size} images (data.val_fraction, "
+                f"data.val_list, or a larger fold) or train on fewer devices (trainer.devices)"
+            )
         return self._loader(self.val_dataset, sampler=ShardSampler(len(self.val_dataset), rank, world_size))
 
     def evaluation_dataset(self, items: Sequence[Item]) -> ImageMaskDataset:
