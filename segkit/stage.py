@@ -257,8 +257,10 @@ def _find_lr(trainer: L.Trainer, module: SegmentationModule, datamodule: Any, st
         finder = Tuner(trainer).lr_find(module, datamodule=datamodule, update_attr=False, **options)
     finally:
         trainer.fit_loop.max_epochs = max_epochs
+    # under DDP Lightning broadcasts rank 0's curve, so every rank gets the same suggestion;
+    # rank 0 alone draws the plot (ranks writing one file at once could leave it torn)
     suggestion = finder.suggestion() if finder is not None else None
-    if finder is not None:
+    if finder is not None and trainer.is_global_zero:
         figure = finder.plot(suggest=suggestion is not None)
         figure.savefig(stage_dir / "lr_find.png", dpi=100)
         import matplotlib.pyplot as plt

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import lightning as L
 import pytest
@@ -54,11 +55,15 @@ def test_ddp_staged_recipe_with_a_classification_head(tmp_path):
     gradient) then a segmentation stage (the image-level head's output is unused). Each stage
     freezes what its loss does not reach, so DDP's reducer never waits for a missing gradient."""
     stages = ("recipe={stages: [{name: classify, task: classification, epochs: 1, background_ratio: 0.7},"
-              "{name: segment, epochs: 1, background_ratio: 0.3}]}")
+              "{name: segment, epochs: 1, background_ratio: 0.3, lr_find: {num_training: 14}}]}")
     run_dir = tmp_path / "staged"
     result = run_segkit("segkit-train", *DDP_RUN, "model.classification_head=true", stages, "trainer.max_epochs=1",
                         "logger=csv", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
+    # the LR finder ran on both ranks with rank 0's curve: one suggestion, one plot (rank 0's)
+    suggested = re.findall(r"LR finder suggests lr=(\S+) \(plot", result.stdout + result.stderr)
+    assert len(suggested) == 2 and len(set(suggested)) == 1, suggested
+    assert (run_dir / "stages" / "01_segment" / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = (run_dir / "stages.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[1].split(",")[2] == "classification" and rows[2].split(",")[2] == "segmentation"
     first = load_checkpoint(run_dir / "stages" / "00_classify" / "checkpoints" / "last.ckpt").module.net.net
