@@ -81,6 +81,21 @@ def test_statistics_for_another_channel_count_are_refused():
         Normalizer({"mean": [0.1, 0.2, 0.3], "std": [0.2, 0.2, 0.2]})(torch.zeros(1, 4, 4, 1, dtype=torch.uint8))
 
 
+def test_fixed_statistics_reach_the_device_once_not_every_batch(monkeypatch):
+    """The float64 mean/std are converted and copied to the batch's device on the first batch
+    only (on a GPU each copy was a blocking host->device transfer); later batches reuse them."""
+    normalizer = Normalizer({"mean": [0.2, 0.3, 0.4], "std": [0.5, 0.6, 0.7], "max_pixel_value": 255.0})
+    batch = torch.from_numpy(np.stack(images(np.uint8, 3)))
+    first = normalizer(batch)
+    copies = []
+    original = torch.Tensor.to
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: copies.append((a, k)) or original(self, *a, **k))
+    for _ in range(3):
+        assert torch.equal(normalizer(batch), first)
+    assert [c for c in copies if c != ((torch.float32,), {"copy": True})] == []  # only the images' own conversion
+    assert list(normalizer._on_device) == [("cpu", 3)]
+
+
 def test_the_module_refuses_batches_that_were_not_normalised():
     module = SegmentationModule(model={"name": "mobilenet_unet", "encoder_depth": 3, "decoder_channels": [16, 8, 4]},
                                 loss={"name": "dice"}, optimizer={"_target_": "torch.optim.SGD", "lr": 0.1})

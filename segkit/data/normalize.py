@@ -64,6 +64,9 @@ class Normalizer:
             peak = float(self.spec.get("max_pixel_value", 255.0))
             self._mean = torch.as_tensor(mean, dtype=torch.float64).flatten() * peak
             self._scale = 1.0 / (torch.as_tensor(std, dtype=torch.float64).flatten() * peak)
+        # the fixed mean/scale as float32 (1, 1, 1, C) on each device they were used on: copied
+        # there once, not with a blocking host->device copy on every batch
+        self._on_device: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def affine(self, images: torch.Tensor, source_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, float | None]:
         """``(offset, scale, clip)`` for ``(B, H, W, C)`` images: offset and scale are ``(B, 1, 1, C)``
@@ -77,14 +80,18 @@ class Normalizer:
             scale = torch.full(shape, 1.0 / _dtype_peak(source_dtype), **kwargs)
             return torch.zeros(shape, **kwargs), scale, None
         if self.mode == "standard":
-            if self._mean.numel() not in (1, channels) or self._scale.numel() not in (1, channels):
-                raise ValueError(
-                    f"normalize: mean/std have {self._mean.numel()}/{self._scale.numel()} values "
-                    f"but the images have {channels} channel(s)"
-                )
-            offset = self._mean.to(**kwargs).expand(channels).reshape(1, 1, 1, channels).expand(shape)
-            scale = self._scale.to(**kwargs).expand(channels).reshape(1, 1, 1, channels).expand(shape)
-            return offset, scale, None
+            key = (str(images.device), channels)
+            if key not in self._on_device:
+                if self._mean.numel() not in (1, channels) or self._scale.numel() not in (1, channels):
+                    raise ValueError(
+                        f"normalize: mean/std have {self._mean.numel()}/{self._scale.numel()} values "
+                        f"but the images have {channels} channel(s)"
+                    )
+                self._on_device[key] = tuple(
+                    v.to(torch.float32).expand(channels).reshape(1, 1, 1, channels).contiguous().to(images.device)
+                    for v in (self._mean, self._scale))
+            offset, scale = self._on_device[key]
+            return offset.expand(shape), scale.expand(shape), None
         values = images if images.dtype == torch.float32 else images.float()
         per_channel = self.mode.endswith("per_channel") and channels > 1
         dims = (1, 2) if per_channel else (1, 2, 3)
