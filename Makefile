@@ -15,7 +15,7 @@ PYTEST_PARALLEL ?= -n auto --dist loadfile
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup demo test lint bench quality clean
+.PHONY: setup demo test lint bench quality gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,20 @@ bench: setup $(VENV)/.segkit-bench
 QUALITY_ARGS ?=
 quality: setup
 	HF_HUB_OFFLINE=1 $(PY) -m bench.quality $(QUALITY_ARGS)
+
+# wheels for a lent GPU box (Python 3.12 with torch, Lightning, torchmetrics, timm; no registry):
+# what it lacks, at this venv's versions; bench/gpu_box.sh installs them there (README: "On a lent GPU")
+GPU_PYTHON ?= 3.12
+WHEELS ?= .whl
+GPU_PACKAGES := segmentation.models.pytorch|albumentations|albucore|simsimd|stringzilla|hydra.core|omegaconf|pydantic|pydantic.core|annotated.types|typing.inspection
+gpu-wheels: setup
+	rm -rf $(WHEELS) && mkdir -p $(WHEELS)
+	$(PY) -m pip freeze | grep -i -E '^($(GPU_PACKAGES))==' > $(WHEELS)/requirements.txt
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) --implementation cp \
+	    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+	    -d $(WHEELS) -r $(WHEELS)/requirements.txt
+	$(PY) -m pip wheel --quiet --no-deps -w $(WHEELS) $$($(PY) -m pip freeze | grep -i '^antlr4-python3-runtime==')
+	@ls $(WHEELS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info outputs .pytest_cache

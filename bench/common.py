@@ -56,12 +56,31 @@ def peak_rss_mb() -> float:
 
 @dataclass
 class Report:
-    """Comparison lines of one benchmark; printed as they come, appended to RESULTS.md at the end."""
+    """Comparison lines of one benchmark; printed as they come, appended to RESULTS.md at the
+    end — or, ``live``, each line as soon as it is measured (indented, so a run cut off
+    mid-way leaves valid markdown holding what it measured)."""
 
     title: str
     rows: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     markdown: list[str] = field(default_factory=list)  # written as is after the lines (tables)
+    live: bool = False
+    results: Path = RESULTS
+    _opened: bool = False
+
+    def _header(self) -> list[str]:
+        stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+        return [f"\n### {self.title} — {stamp}", "", f"Machine: {machine()}.", f"Command: `{' '.join(sys.argv)}`", ""]
+
+    def _row(self, text: str) -> None:
+        print(text, flush=True)
+        self.rows.append(text)
+        if not self.live or os.environ.get("SEGKIT_BENCH_NO_SAVE"):
+            return
+        lines = [] if self._opened else self._header()
+        self._opened = True
+        with self.results.open("a") as f:
+            f.write("\n".join([*lines, *("    " + part for part in text.splitlines())]) + "\n")
 
     def compare(self, name: str, ours: float, baseline: float, unit: str, target: str = "", higher_is_better: bool = True) -> float:
         """Print ``name: ours X, baseline Y, ratio Z``; the ratio is > 1 when ours is better."""
@@ -69,13 +88,11 @@ class Report:
         line = f"{name}: ours {_fmt(ours)} {unit}, baseline {_fmt(baseline)} {unit}, ratio {ratio:.2f}"
         if target:
             line += f" (target {target})"
-        print(line, flush=True)
-        self.rows.append(line)
+        self._row(line)
         return ratio
 
     def line(self, text: str) -> None:
-        print(text, flush=True)
-        self.rows.append(text)
+        self._row(text)
 
     def note(self, text: str) -> None:
         print(f"  note: {text}", flush=True)
@@ -84,13 +101,15 @@ class Report:
     def save(self) -> None:
         if os.environ.get("SEGKIT_BENCH_NO_SAVE"):
             return
-        stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-        text = [f"\n### {self.title} — {stamp}", "", f"Machine: {machine()}.", f"Command: `{' '.join(sys.argv)}`", "", "```"]
-        text += self.rows
-        text += ["```"]
+        if self.live:  # the lines are there already
+            text = [""] if self.notes or self.markdown else []
+        else:
+            text = [*self._header(), "```", *self.rows, "```"]
         text += [f"- {n}" for n in self.notes]
         text += self.markdown
-        with RESULTS.open("a") as f:
+        if not text:
+            return
+        with self.results.open("a") as f:
             f.write("\n".join(text) + "\n")
 
 
