@@ -267,12 +267,15 @@ class Predictor:
         if pad_h or pad_w:  # zeros before normalisation, as training's PadIfNeeded
             image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)))
 
+        staging = WindowStaging(self.device)
+
         def windows(corners: list[tuple[int, int]], wh: int, ww: int) -> torch.Tensor:
-            raw = np.stack([image[y : y + wh, x : x + ww] for y, x in corners])
-            raw_t = torch.from_numpy(raw if raw.dtype == np.uint8 else raw.astype(np.float32)).to(self.device)
+            raw_t = staging.upload([image[y : y + wh, x : x + ww] for y, x in corners])
             total = None
             for member, (offset_t, scale_t, clip) in enumerate(maps):
-                tensor = raw_t.float().sub_(offset_t).mul_(scale_t)  # in place: one float copy of the batch
+                # in place on a float copy of the batch: 16-bit windows arrive as float32, which
+                # .float() would not copy, and every member must start from the raw values
+                tensor = raw_t.to(torch.float32, copy=True).sub_(offset_t).mul_(scale_t)
                 if clip is not None:
                     tensor.clamp_(-clip, clip)
                 logits = self.logits_of_batch(tensor.permute(0, 3, 1, 2), member)  # NHWC memory: channels-last
@@ -317,6 +320,50 @@ class Predictor:
             cut = math.inf if t >= 1 else -math.inf if t <= 0 else math.log(t / (1 - t))
             return (logits[0] > cut).to(torch.uint8)
         return logits.argmax(dim=0).to(torch.uint8 if logits.shape[0] <= 256 else torch.int32)
+
+
+class WindowStaging:
+    """Window batches from host memory to the device.
+
+    On CUDA the windows are cut straight into one of two reused page-locked (pinned) buffers
+    and uploaded without blocking, so cutting the next batch overlaps the copy and the model;
+    a buffer is refilled only once its previous upload has finished (a CUDA event). Elsewhere
+    (or ``pinned=False``) a plain stack and copy. uint8 windows travel as uint8, others as
+    float32.
+    """
+
+    def __init__(self, device: torch.device | str, pinned: bool | None = None) -> None:
+        self.device = torch.device(device)
+        self.pinned = self.device.type == "cuda" if pinned is None else pinned
+        self._buffers: dict[tuple[tuple[int, ...], str], list[list[Any]]] = {}
+        self._turn = 0
+
+    def upload(self, windows: Sequence[np.ndarray]) -> torch.Tensor:
+        """``(B, h, w, C)`` on the device, from ``B`` arrays of one shape."""
+        dtype = np.dtype(np.uint8 if windows[0].dtype == np.uint8 else np.float32)
+        if not self.pinned:
+            raw = np.stack(windows)
+            return torch.from_numpy(raw if raw.dtype == dtype else raw.astype(dtype)).to(self.device)
+        shape = (len(windows), *windows[0].shape)
+        pair = self._buffers.get((shape, dtype.str))
+        if pair is None:
+            pin = torch.cuda.is_available()
+            torch_dtype = torch.uint8 if dtype == np.uint8 else torch.float32
+            pair = self._buffers[(shape, dtype.str)] = [[torch.empty(shape, dtype=torch_dtype, pin_memory=pin), None]
+                                                        for _ in range(2)]
+        self._turn ^= 1
+        slot = pair[self._turn]
+        buffer, uploaded = slot
+        if uploaded is not None:
+            uploaded.synchronize()  # its last upload has left the buffer
+        np.stack(windows, out=buffer.numpy())
+        moved = buffer.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            slot[1] = torch.cuda.Event()
+            slot[1].record()
+        else:  # the same memory on the host: hand out a copy, the buffer is refilled
+            moved = moved.clone()
+        return moved
 
 
 def resolve_device(device: str) -> torch.device:

@@ -49,12 +49,17 @@ def _perturbed(module, seed):
     return other
 
 
-def test_an_ensemble_averages_the_logits_of_models_each_normalised_its_own_way(ckpt):
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_an_ensemble_averages_the_logits_of_models_each_normalised_its_own_way(ckpt, dtype):
+    """16-bit images reach the models as float32 windows: each member normalises its own copy
+    (the second member once normalised the first one's result in place)."""
     loaded = load_checkpoint(ckpt)
-    prep_a = Preprocessing.from_checkpoint(loaded.preprocessing)
-    prep_b = Preprocessing.from_checkpoint({**loaded.preprocessing, "normalize": {"mean": [0.2] * 3, "std": [0.5] * 3}})
+    top = float(np.iinfo(dtype).max)
+    settings = {**loaded.preprocessing, "image_dtype": np.dtype(dtype).name}
+    prep_a = Preprocessing.from_checkpoint({**settings, "normalize": {"mean": [0.4] * 3, "std": [0.2] * 3, "max_pixel_value": top}})
+    prep_b = Preprocessing.from_checkpoint({**settings, "normalize": {"mean": [0.2] * 3, "std": [0.5] * 3, "max_pixel_value": top}})
     model_a, model_b = loaded.module, _perturbed(loaded.module, 1)
-    image = np.random.default_rng(0).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    image = np.random.default_rng(0).integers(0, int(top) + 1, size=(64, 64, 3), dtype=dtype)
 
     def logits(model, prep):
         single = Predictor(model, prep, precision="32-true")

@@ -208,3 +208,24 @@ def test_bad_tile_settings_are_refused():
         Predictor(module, prep(), tile=64, overlap=64)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         Predictor(module, prep(), batch_size=0)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_window_staging_reuses_two_buffers_and_never_hands_out_one(dtype):
+    """On CUDA windows are cut into two reused pinned buffers (non-blocking uploads); the same
+    logic on a CPU: every batch arrives intact (uint8 as uint8, 16-bit as float32), a batch
+    handed out stays intact while later ones are cut, and no new buffer is made per batch."""
+    from segkit.predictor import WindowStaging
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, np.iinfo(dtype).max, size=(40, 40, 3), dtype=dtype)
+    staging = WindowStaging("cpu", pinned=True)
+    batches = [[image[y : y + 16, x : x + 16] for x in (0, 8, 16)] for y in (0, 12, 24, 4)]
+    handed = [staging.upload(batch) for batch in batches]
+    for batch, tensor in zip(batches, handed):
+        assert tensor.dtype == (torch.uint8 if dtype == np.uint8 else torch.float32)
+        np.testing.assert_array_equal(tensor.numpy(), np.stack(batch).astype(tensor.numpy().dtype))
+    (pair,) = staging._buffers.values()
+    assert len(pair) == 2 and all(tensor.data_ptr() not in (b.data_ptr() for b, _ in pair) for tensor in handed)
+    plain = WindowStaging("cpu").upload(batches[0])
+    torch.testing.assert_close(plain, handed[0])
