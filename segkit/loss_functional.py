@@ -58,7 +58,9 @@ def class_probabilities(
     valid = _valid(target, ignore_index)
     safe = torch.where(valid, target, torch.zeros_like(target))
     n_classes = probs.shape[1]
-    if safe.numel() and int(safe.max()) >= n_classes:
+    # checked where it costs no device sync; on a GPU the loaders have checked every mask
+    # against the classes already (segkit.data.datasets), and one_hot's scatter asserts
+    if not safe.is_cuda and safe.numel() and int(safe.max()) >= n_classes:
         raise ValueError(f"target holds class {int(safe.max())} but the loss has {n_classes} classes")
     one_hot = F.one_hot(safe, n_classes).permute(0, 3, 1, 2).to(probs.dtype)
     valid_f = valid.unsqueeze(1).to(probs.dtype)

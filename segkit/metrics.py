@@ -44,20 +44,44 @@ def confusion_matrices(
 ) -> torch.Tensor:
     """Per-image confusion matrices ``(B, K, K)`` (rows: target, columns: prediction).
 
-    Raises ``ValueError`` for a target or prediction outside ``0..K-1`` (``ignore_index`` aside).
+    Raises ``ValueError`` for a target or prediction outside ``0..K-1`` (``ignore_index``
+    aside). On CUDA see :func:`confusion_and_outside`, which counts them without a host sync.
     """
+    counts, outside = confusion_and_outside(preds, target, n_labels, ignore_index)
+    if preds.is_cuda:
+        outside = int(outside)  # one sync, for a direct caller; the metric defers it to compute()
+    if outside:
+        _raise_outside(preds, target, n_labels, ignore_index)
+    return counts
+
+
+def confusion_and_outside(
+    preds: torch.Tensor, target: torch.Tensor, n_labels: int, ignore_index: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, K, K)`` confusion matrices and the number of (non-ignored) pixels whose target or
+    prediction lies outside ``0..K-1``, left out of them. Fixed-size tensor work only — no
+    boolean indexing, no ``bincount`` sized by the data, no ``int()`` — so on a GPU nothing
+    waits for the device."""
     batch = preds.shape[0]
     preds = preds.reshape(batch, -1).long()
     target = target.reshape(batch, -1).long()
     valid = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
-    for name, values in (("target", target[valid]), ("prediction", preds[valid])):
+    inside = (target >= 0) & (target < n_labels) & (preds >= 0) & (preds < n_labels)
+    cells = batch * n_labels * n_labels
+    image = torch.arange(batch, device=preds.device).unsqueeze(1)
+    index = torch.where(valid & inside, (image * n_labels + target) * n_labels + preds, cells)  # the rest: one spare cell
+    counts = torch.zeros(cells + 1, dtype=torch.long, device=preds.device)
+    counts.scatter_add_(0, index.flatten(), torch.ones_like(index).flatten())
+    return counts[:cells].reshape(batch, n_labels, n_labels), (valid & ~inside).sum()
+
+
+def _raise_outside(preds: torch.Tensor, target: torch.Tensor, n_labels: int, ignore_index: int | None) -> None:
+    target = target.long().flatten()
+    valid = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
+    for name, values in (("target", target[valid]), ("prediction", preds.long().flatten()[valid])):
         if values.numel() and (int(values.min()) < 0 or int(values.max()) >= n_labels):
             bad = int(values.max()) if int(values.max()) >= n_labels else int(values.min())
             raise ValueError(f"{name} holds class {bad}, outside 0..{n_labels - 1} (num_classes / ignore_index?)")
-    image = torch.arange(batch, device=preds.device).unsqueeze(1).expand_as(target)
-    index = (image * n_labels + target) * n_labels + preds
-    counts = torch.bincount(index[valid], minlength=batch * n_labels * n_labels)
-    return counts.reshape(batch, n_labels, n_labels)
 
 
 def dice_iou_from_confusion(confusion: torch.Tensor, empty_score: float = float("nan")) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,9 +141,15 @@ class SegmentationMetrics(Metric):
         self.add_state("image_dice_sum", default=torch.zeros(k, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("image_iou_sum", default=torch.zeros(k, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("image_counts", default=torch.zeros(k, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("outside", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        per_image = confusion_matrices(preds, target, self.n_labels, self.ignore_index)
+        """No host sync on a GPU: labels outside the classes are counted on the device and
+        refused by :meth:`compute` (on a CPU, at once, naming the class)."""
+        per_image, outside = confusion_and_outside(preds, target, self.n_labels, self.ignore_index)
+        if not preds.is_cuda and int(outside):
+            _raise_outside(preds, target, self.n_labels, self.ignore_index)
+        self.outside += outside
         self.confusion_sum += per_image.sum(dim=0)
         dice, iou = dice_iou_from_confusion(per_image, empty_score=1.0)
         if self.binary:  # Kaggle: an empty image counts, with score 1
@@ -135,6 +165,9 @@ class SegmentationMetrics(Metric):
         return self.confusion_sum
 
     def compute(self) -> dict[str, torch.Tensor]:
+        if int(self.outside):
+            raise ValueError(f"{int(self.outside)} pixel(s) of this epoch have a target or prediction outside "
+                             f"0..{self.n_labels - 1} (num_classes / ignore_index?): no scores are given for it")
         if self.aggregation == "dataset":
             dice, iou = dice_iou_from_confusion(self.confusion_sum)
         else:

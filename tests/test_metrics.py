@@ -146,6 +146,44 @@ def test_out_of_range_labels_are_named():
     confusion_matrices(torch.zeros(1, 2, 2), torch.full((1, 2, 2), 255), 3, ignore_index=255)
 
 
+def test_the_confusion_used_on_a_gpu_waits_for_no_device(monkeypatch):
+    """What the metric runs per validation batch is fixed-size tensor work: no int()/bool()/
+    item(), no boolean-mask indexing, no data-sized bincount (each a host sync on CUDA, about
+    8 per step before). Counted here on a CPU; equal to a bincount reference, with the labels
+    outside the classes counted instead of raised."""
+    from segkit.metrics import confusion_and_outside
+
+    generator = torch.Generator().manual_seed(4)
+    preds = torch.randint(0, 4, (3, 9, 11), generator=generator)
+    target = torch.randint(0, 4, (3, 9, 11), generator=generator)
+    target[0, 0, :3] = 255  # ignored
+    target[1, 2, :2] = 9  # outside the classes
+    syncs = []
+    for name in ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "nonzero", "numpy"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k: syncs.append(_n) or _o(self, *a, **k))
+    original_getitem = torch.Tensor.__getitem__
+
+    def getitem(self, key, _o=original_getitem):
+        if isinstance(key, torch.Tensor) and key.dtype == torch.bool:
+            syncs.append("boolean index")
+        return _o(self, key)
+
+    monkeypatch.setattr(torch.Tensor, "__getitem__", getitem)
+    monkeypatch.setattr(torch, "bincount", lambda *a, **k: syncs.append("bincount") or pytest.fail("bincount"))
+    counts, outside = confusion_and_outside(preds, target, 4, ignore_index=255)
+    assert syncs == []
+    monkeypatch.undo()
+    keep = (target != 255) & (target < 4)
+    index = (torch.arange(3)[:, None, None] * 4 + target) * 4 + preds
+    reference = torch.bincount(index[keep], minlength=3 * 16).reshape(3, 4, 4)
+    assert torch.equal(counts, reference) and int(outside) == 2
+    metric = SegmentationMetrics(num_classes=4)
+    metric.outside += outside  # as update() does on a GPU, where it raises nothing per batch
+    with pytest.raises(ValueError, match="2 pixel\\(s\\) of this epoch have a target or prediction outside 0..3"):
+        metric.compute()
+
+
 def test_logits_to_labels():
     binary = torch.tensor([[[[-1.0, 0.1], [2.0, -0.1]]]])
     assert logits_to_labels(binary).tolist() == [[[0, 1], [1, 0]]]
