@@ -15,6 +15,7 @@ to repeat, no dataset statistics to recompute.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import pickle
 import zipfile
@@ -118,7 +119,7 @@ def checkpoint_paths(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> l
     of every run in it, e.g. the folds of ``segkit-train -m data.fold=0,1,2,3,4``); or a list of
     these. ``FileNotFoundError`` naming what matched nothing; ``ValueError`` for a file named twice
     or a sweep run without a checkpoint (a failed run would otherwise drop out unseen)."""
-    specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    specs = [spec] if isinstance(spec, (str, os.PathLike, int)) else list(spec)  # ckpt=0: Hydra reads a sweep's run 0 as int
     if not specs:
         raise ValueError("ckpt=[]: name at least one checkpoint")
     paths: list[Path] = []
@@ -129,6 +130,7 @@ def checkpoint_paths(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> l
         elif path.is_dir():
             own = _run_checkpoint(path)
             if own is not None:
+                _refuse_live(path, one)
                 paths.append(own)
                 continue
             runs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith((".", "_")) and
@@ -140,6 +142,8 @@ def checkpoint_paths(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> l
             if missing:
                 raise ValueError(f"ckpt={one}: run(s) {', '.join(missing)} have no checkpoint (failed or still "
                                  "running?): finish them, or name the checkpoints to use (ckpt=[a.ckpt,b.ckpt])")
+            for run in runs:
+                _refuse_live(run, one)
             paths.extend(_run_checkpoint(r) for r in runs)
         elif any(c in one for c in "*?["):
             matched = sorted(Path(p) for p in glob.glob(one, recursive=True) if Path(p).is_file())
@@ -149,11 +153,37 @@ def checkpoint_paths(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> l
         else:
             raise FileNotFoundError(f"{path}: checkpoint file not found")
     seen: set[Path] = set()
+    runs: dict[Path, Path] = {}
+    digests: dict[str, Path] = {}
     for path in paths:
         if path.resolve() in seen:
             raise ValueError(f"ckpt: {path} is named twice (it would count double in the average)")
         seen.add(path.resolve())
+        if path.resolve().parent.name == "checkpoints":  # best.ckpt and last.ckpt of one run: one model, twice
+            run = path.resolve().parent.parent
+            if run in runs:
+                raise ValueError(f"ckpt: {runs[run]} and {path} are two checkpoints of one run ({run}): an ensemble "
+                                 "averages different models; name one of them")
+            runs[run] = path
+    if len(paths) > 1:
+        for path in paths:  # a copy of a checkpoint under another name
+            with path.open("rb") as handle:
+                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+            if digest in digests:
+                raise ValueError(f"ckpt: {digests[digest]} and {path} hold the same bytes (a copy?): it would count "
+                                 "double in the average; name it once")
+            digests[digest] = path
     return paths
+
+
+def _refuse_live(run: Path, spec: str) -> None:
+    """A run still training has a checkpoint of its first epochs only: not one to use unseen."""
+    from segkit.rundir import run_holder
+
+    holder = run_holder(run)
+    if holder is not None:
+        raise ValueError(f"ckpt={spec}: {run} is still training ({holder}): wait for it to finish, or name its "
+                         f"checkpoint file to use it as it is now")
 
 
 def load_checkpoints(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[LoadedCheckpoint]:

@@ -22,6 +22,7 @@ the foreground classes unless the model was trained with ``include_background``.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import logging
 import math
@@ -125,13 +126,30 @@ def _num(value: Any) -> float | None:
 
 
 def _data_config(cfg: DictConfig, loaded: LoadedCheckpoint) -> dict[str, Any]:
-    if cfg.get("data") is not None:
-        return OmegaConf.to_container(cfg.data, resolve=True)
+    """The data to score: ``dataset=`` (with its ``data.*``); else the checkpoint's recorded
+    data, with any ``data.*`` given alone laid over it (``data.root=`` where the data moved)."""
+    given = _given_data(cfg)
+    if given.get("_target_"):
+        return given
     if loaded.data is None:
         raise ValueError(
             f"{loaded.path} does not record its dataset: name one, e.g. dataset=carvana data.root=/data/carvana"
         )
-    return dict(loaded.data)
+    return {**loaded.data, **given}
+
+
+def _given_data(cfg: DictConfig) -> dict[str, Any]:
+    """``data.*`` of the command line (``{}`` without any)."""
+    data = cfg.get("data")
+    given = {} if data is None else OmegaConf.to_container(data, resolve=True)
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def _relocated(member: LoadedCheckpoint, given: dict[str, Any]) -> LoadedCheckpoint:
+    """``member`` with ``data.*`` given alone laid over its recorded data (the same dataset elsewhere)."""
+    if not given or member.data is None:
+        return member
+    return dataclasses.replace(member, data={**member.data, **given})
 
 
 def _default_output(ckpt: Path, split: str) -> Path:
@@ -188,18 +206,19 @@ def _combine(cfg: DictConfig, members: list[LoadedCheckpoint]) -> str:
         if combine == "oof":
             raise ValueError("combine=oof needs the checkpoints of every fold (ckpt=<sweep folder> or a list)")
         return "single"
-    own_data = cfg.get("data") is None
+    own_data = not _given_data(cfg).get("_target_")  # the checkpoints' recorded data (data.root= may move it)
     if combine == "auto":
         combine = "oof" if own_data and fold_family(members) else "ensemble"
     if combine == "oof":
         if not own_data:
             raise ValueError("combine=oof scores each fold on its own held-out images, from the checkpoints: "
-                             "leave dataset= and data.* out (or use combine=ensemble on other data)")
+                             "leave dataset= out (data.root= alone moves their data; or use combine=ensemble on "
+                             "other data)")
         if str(cfg.split) != "val":
             raise ValueError(f"combine=oof scores the held-out fold of each model: split={cfg.split} does not apply "
                              "(leave split out)")
         _check_oof(members)
-    elif fold_family(members) and (own_data or _same_root(cfg, members[0])):
+    elif fold_family(members) and (own_data or _same_root(cfg, members[0]) or _same_images(cfg, members[0])):
         raise ValueError(
             "these checkpoints are the folds of one cross-validation: every image of their data was trained on "
             "by one of them, so their ensemble cannot be scored on it. Score them out-of-fold (combine=oof: each "
@@ -213,6 +232,21 @@ def _same_root(cfg: DictConfig, member: LoadedCheckpoint) -> bool:
     if root is None or trained is None:
         return False
     return Path(str(root)).resolve() == Path(str(trained)).resolve()
+
+
+def _same_images(cfg: DictConfig, member: LoadedCheckpoint) -> bool:
+    """Whether the data named holds images the checkpoint's cross-validation trained on under
+    another root (a copy): up to 3 image names both hold, compared byte for byte. Unknown (so
+    ``False``) when the recorded root is gone."""
+    if member.data is None or not member.data.get("root") or not Path(str(member.data["root"])).is_dir():
+        return False
+    try:
+        trained = {i.name: i.image for i in instantiate(dict(member.data), _convert_="all").items()}
+        named = instantiate(_data_config(cfg, member), _convert_="all").items()
+    except (OSError, ValueError):  # a folder the datasets cannot read: scoring says why
+        return False
+    shared = [(trained[i.name], i.image) for i in named if i.name in trained][:3]
+    return any(Path(a).read_bytes() == Path(b).read_bytes() for a, b in shared)
 
 
 class _Part:
@@ -249,7 +283,7 @@ def _parts(cfg: DictConfig, members: list[LoadedCheckpoint], combine: str, split
         return [_Part(datamodule, dataset, build_predictor(members, cfg), label)]
     parts, seen = [], {}
     for m in sorted(members, key=lambda m: int(m.data.get("fold", 0))):
-        datamodule = _datamodule(dict(m.data), m, str(m.path))
+        datamodule = _datamodule(dict(_relocated(m, _given_data(cfg)).data), m, str(m.path))
         dataset = datamodule.evaluation_dataset(_split_items(datamodule, "val"))
         for name in dataset.names:
             if name in seen:

@@ -86,6 +86,25 @@ def claim_run_dir(directory: str | os.PathLike, setting: str = "hydra.run.dir") 
     return directory
 
 
+def run_holder(directory: str | os.PathLike) -> str | None:
+    """Who is running in ``directory`` now (``"pid ... on host, started ..."``), or ``None``
+    when no live process holds it. Takes nothing: a shared lock tried and let go at once."""
+    directory = Path(directory).resolve()
+    if directory in _held:
+        return f"pid {os.getpid()} (this process)"
+    try:
+        fd = os.open(directory / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)  # closing lets a lock taken here go
+    return None
+
+
 def release_run_dir(directory: str | os.PathLike) -> None:
     """Give the lock of ``directory`` back and remove its file (a process that ends without
     calling this lets go of the lock all the same; only the small file stays)."""

@@ -83,7 +83,7 @@ def test_models_that_cannot_be_averaged_are_refused(ckpt):
         Predictor([loaded.module, loaded.module], [prep, other])
 
 
-def test_checkpoint_paths_reads_files_globs_runs_and_sweeps(ckpt, folds, tmp_path):
+def test_checkpoint_paths_reads_files_globs_runs_and_sweeps(ckpt, folds, tmp_path, monkeypatch):
     fold_ckpts = [folds / str(k) / "checkpoints" / "best.ckpt" for k in range(3)]
     assert checkpoint_paths(str(folds)) == fold_ckpts  # a sweep folder: every run's best
     assert checkpoint_paths(str(folds / "1")) == [fold_ckpts[1]]  # a run folder
@@ -93,6 +93,28 @@ def test_checkpoint_paths_reads_files_globs_runs_and_sweeps(ckpt, folds, tmp_pat
         checkpoint_paths([str(fold_ckpts[0]), f"{folds}/0/checkpoints/../checkpoints/best.ckpt"])
     with pytest.raises(FileNotFoundError, match="matches no file"):
         checkpoint_paths(f"{folds}/*/checkpoints/nothing*.ckpt")
+    import shutil
+
+    from segkit.rundir import claim_run_dir, release_run_dir
+
+    monkeypatch.chdir(folds)
+    assert checkpoint_paths(1) == [Path("1/checkpoints/best.ckpt")]  # ckpt=1: Hydra hands over an int
+    shutil.copy(fold_ckpts[0], tmp_path / "copy.ckpt")
+    with pytest.raises(ValueError, match=f"{fold_ckpts[0]} and {tmp_path / 'copy.ckpt'} hold the same bytes"):
+        checkpoint_paths([str(fold_ckpts[0]), str(tmp_path / "copy.ckpt")])
+    shutil.copy(fold_ckpts[0], folds / "0" / "checkpoints" / "last.ckpt")
+    try:
+        with pytest.raises(ValueError, match=f"are two checkpoints of one run \\({folds / '0'}\\)"):
+            checkpoint_paths([str(fold_ckpts[0]), str(folds / "0" / "checkpoints" / "last.ckpt")])
+    finally:
+        (folds / "0" / "checkpoints" / "last.ckpt").unlink()
+    claim_run_dir(folds / "2")  # fold 2 still training: its checkpoint is of its first epochs
+    try:
+        with pytest.raises(ValueError, match=f"{folds / '2'} is still training \\(pid"):
+            checkpoint_paths(str(folds))
+        assert checkpoint_paths(str(fold_ckpts[2])) == [fold_ckpts[2]]  # named as a file: used as it is now
+    finally:
+        release_run_dir(folds / "2")
     (folds / "3" / ".hydra").mkdir(parents=True)  # a fold that failed before its first checkpoint
     try:
         with pytest.raises(ValueError, match=r"3 have no checkpoint \(failed or still running\?\)"):
@@ -129,6 +151,22 @@ def test_an_ensemble_of_folds_is_not_scored_on_the_data_they_trained_on(folds, t
         _eval(f"ckpt={folds}", "combine=ensemble", f"output={tmp_path / 'e'}")
     with pytest.raises(ValueError, match="combine=oof scores the held-out fold of each model: split=all"):
         _eval(f"ckpt={folds}", "split=all", "combine=oof", f"output={tmp_path / 'e'}")
+
+
+def test_data_that_moved_is_named_with_data_root_alone_and_a_copy_is_still_their_data(folds, tmp_path):
+    """data.root= alone re-points the folds' recorded dataset (the same scores, out-of-fold);
+    the folds' ensemble on a copy of their data (another root, the same bytes) is refused."""
+    import shutil
+
+    recorded = load_checkpoint(folds / "0" / "checkpoints" / "best.ckpt").data
+    moved = tmp_path / "moved"
+    shutil.copytree(recorded["root"], moved)
+    here = _eval(f"ckpt={folds}", f"output={tmp_path / 'here'}")
+    there = _eval(f"ckpt={folds}", f"data.root={moved}", f"output={tmp_path / 'there'}")
+    assert there["combine"] == "oof" and there["classes"] == here["classes"]
+    dataset = recorded["_target_"].rsplit(".", 1)[0].split(".")[-1]
+    with pytest.raises(ValueError, match="every image of their data was trained on by one of them"):
+        _eval(f"ckpt={folds}", "combine=ensemble", f"dataset={dataset}", f"data.root={moved}", f"output={tmp_path / 'e'}")
 
 
 def test_oof_refuses_checkpoints_of_different_cross_validations(folds, tmp_path):

@@ -177,3 +177,17 @@ def test_real_membrane_slices_read_as_two_classes(tmp_path):
     index = dm.train_dataset.names.index("0")
     np.testing.assert_array_equal(dm.train_dataset.load_mask(index), (label == 255).astype(np.uint8))
     assert int((dm.train_dataset.load_mask(index) == 0).sum()) == 57492  # membrane pixels of 0.png (SOURCES.md)
+
+
+def test_a_relative_data_root_is_recorded_absolute(tmp_path, monkeypatch):
+    """A run started with data.root=mydata from one folder is evaluated, predicted and resumed
+    from others: what the checkpoint records names the same files from anywhere."""
+    from datamodules.folder import FolderDataModule
+
+    monkeypatch.chdir(tmp_path)
+    dm = FolderDataModule(root="mydata", cache_dir="cache", num_classes=3)
+    assert dm.root == tmp_path / "mydata"
+    assert dm.data_config()["root"] == str(tmp_path / "mydata") and dm.data_config()["cache_dir"] == str(tmp_path / "cache")
+    monkeypatch.chdir("/")
+    rebuilt = FolderDataModule(**{k: v for k, v in dm.data_config().items() if k != "_target_"})
+    assert rebuilt.root == tmp_path / "mydata" and rebuilt.work_dir == tmp_path / "cache"

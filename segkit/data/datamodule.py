@@ -205,7 +205,13 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.hparams.update(settings)  # the values in force, not the DEFAULT marker
-        self.root = Path(root) if root is not None else None
+        # absolute: the checkpoint records these, and segkit-eval / predict / resume read them
+        # back from whatever folder they run in
+        self.root = Path(root).expanduser().absolute() if root is not None else None
+        if root is not None:
+            self.hparams["root"] = str(self.root)
+        if settings["cache_dir"]:
+            settings["cache_dir"] = self.hparams["cache_dir"] = str(Path(settings["cache_dir"]).expanduser().absolute())
         self.num_classes: int = settings["num_classes"]
         self.in_channels: int = settings["in_channels"]
         self.image_size = settings["image_size"]
