@@ -55,6 +55,10 @@ IMAGERIES = ("overhead", "microscopy", "ground")
 RUN_SETTINGS = ("root", "cache_dir", "folds", "fold", "num_workers", "pin_memory")
 
 
+#: the training time a plan is sized for when no budget is given
+DEFAULT_BUDGET = "15min"
+
+
 def parse_budget(budget: str | int | float) -> float:
     """Seconds of ``15min``, ``2h``, ``90s``, ``1h30min``, ``HH:MM:SS`` / ``DD:HH:MM:SS`` (as
     ``trainer.max_time``), or a number of seconds (60 or more: a bare ``15`` is refused, as it
@@ -217,11 +221,13 @@ def _round_down(value: float, multiple: int = 32) -> int:
 
 
 def plan(fp: Fingerprint, device: str, budget_s: float, name: str, imagery: str | None = None,
-         seconds_per_step: Any = None, epochs: int | None = None, num_classes: int | None = None) -> Plan:
+         seconds_per_step: Any = None, epochs: int | None = None, num_classes: int | None = None,
+         time_limit: bool = True) -> Plan:
     """The choices for ``fp`` on ``device`` (``cpu``/``gpu``) within ``budget_s`` seconds.
 
     ``seconds_per_step``: ``None``, or a function ``(batch, patch_h, patch_w) -> seconds`` that
-    times a training step on this machine; ``epochs`` fixes the epochs instead.
+    times a training step on this machine; ``epochs`` fixes the epochs instead. ``time_limit``:
+    the budget also stops training (``trainer.max_time``).
     """
     if device not in SIDE:
         raise ValueError(f"device={device}: choose cpu or gpu")
@@ -358,8 +364,11 @@ def plan(fp: Fingerprint, device: str, budget_s: float, name: str, imagery: str 
         epoch_why = f"{epochs} epochs, as asked (steps not timed)"
     total_steps = epochs * steps_per_epoch
     c.append(Choice("trainer.max_epochs", int(epochs), epoch_why))
-    c.append(Choice("trainer.max_time", _clock(budget_s), "the budget itself as a safety stop (the LR schedule "
-                    "follows whichever ends first)"))
+    if time_limit:
+        c.append(Choice("trainer.max_time", _clock(budget_s), "the budget itself as a safety stop (the LR schedule "
+                        "follows whichever ends first)"))
+    else:
+        c.append(Choice("trainer.max_time", None, "no time limit: epochs were asked for without a budget"))
     c.append(Choice("defaults:/scheduler", "poly", "polynomial LR decay (power 0.9), nnU-Net's"))
     c.append(Choice("defaults:/callbacks", "ema", "an exponential moving average of the weights for validation "
                     "and the saved model"))
@@ -514,7 +523,7 @@ def run_plan(cfg: Any, overrides: list[str] | None = None) -> dict[str, Any]:
     from segkit.data.io import refuse_overwrite, require_writable, write_bytes_atomic
 
     overrides = list(overrides or [])
-    budget_s = parse_budget(cfg.budget)
+    budget_s = parse_budget(DEFAULT_BUDGET if cfg.get("budget") is None else cfg.budget)
     device = str(cfg.device)
     if device == "auto":
         device = "gpu" if torch.cuda.is_available() else "cpu"
@@ -538,7 +547,8 @@ def run_plan(cfg: Any, overrides: list[str] | None = None) -> dict[str, Any]:
         loss = "focal_tversky" if fp.foreground_share < SPARSE_FOREGROUND else "dice_ce"
         print(f"timing training steps on this machine ({device})...", flush=True)
         timer = step_timer(device, datamodule.in_channels, datamodule.num_classes, loss)
-    result = plan(fp, device, budget_s, name, imagery, timer, None if epochs is None else int(epochs))
+    result = plan(fp, device, budget_s, name, imagery, timer, None if epochs is None else int(epochs),
+                  time_limit=epochs is None or cfg.get("budget") is not None)
     data_settings = {}
     for override in overrides:
         key, _, value = override.lstrip("+").partition("=")

@@ -52,6 +52,7 @@ def test_each_fixture_is_planned_from_its_fingerprint_and_the_plan_composes(data
     result, text, planned = _plan(tmp_path, dataset, *FIXTURE_DATA[dataset])
     fp = result["plan"].fingerprint
     data = planned["data"]
+    assert planned["trainer"]["max_time"] is None  # epochs=2 asked, no budget: no time limit
     # every choice is explained: each planned key carries its reason (augment: the line above it)
     keys = [line for line in text.splitlines() if line.startswith("  ") and not line.lstrip().startswith(("#", "-"))
             and not line.startswith("    ") and not line.rstrip().endswith(":")]
@@ -140,7 +141,9 @@ def test_the_budget_becomes_epochs_from_timed_steps():
         return 2.0
 
     p = plan(fp, "cpu", 900, "x", seconds_per_step=seconds)
-    assert timed == [(8, 256, 256)]
+    assert timed == [(8, 256, 256)] and p.value("trainer.max_time") == "00:00:15:00"
+    # epochs=N without a budget (segkit-plan passes time_limit=False): no silent 15-minute stop
+    assert plan(fp, "cpu", 900, "x", epochs=3, time_limit=False).value("trainer.max_time") is None
     # 13 steps of 2 s + validation 20 images x 2 s / 8 / 3 -> 27.67 s an epoch; 90% of 900 s
     assert p.value("trainer.max_epochs") == int(0.9 * 900 // (13 * 2 + 20 * 2 / 8 / 3))
     with pytest.raises(ValueError, match="device=tpu: choose cpu or gpu"):
