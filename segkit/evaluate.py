@@ -397,6 +397,9 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
 
     ranked = sorted(((-neg, -negp, -negi, labels) for neg, negp, negi, labels in worst), key=lambda e: (e[0], e[1], e[2]))
     panels = []
+    if cfg.overwrite:  # the report is replaced: an earlier report's panels would sit beside the new ones
+        for stale in sorted((output / "worst").glob("[0-9][0-9]_*.png")):
+            stale.unlink()
     row_of = {p: sum(counts[:p]) for p in range(len(parts))}
     for rank, (_score, p, index, labels) in enumerate(ranked, start=1):
         dataset = parts[p].dataset
@@ -413,6 +416,9 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     summary["seconds"] = round(time.perf_counter() - started, 2)
     write_json_atomic(output / "scores.json", summary)
     write_bytes_atomic(output / "report.md", format_report(summary).encode())
+    if min_sizes is not None:
+        sizes = ", ".join(f"{name} {size}" for name, size in zip(loaded.class_names, min_sizes) if size)
+        log.info("scored after post-processing from %s (components removed below: %s px)", postprocess, sizes or "none")
     log.info("%s", format_scores(summary))
     if "postprocessing" in summary:
         log.info("%s", format_postprocessing(summary))

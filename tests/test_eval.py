@@ -123,6 +123,17 @@ def test_eval_refuses_to_overwrite_a_report(evaluated):
     assert (out / "report.md").read_text() == before
 
 
+def test_overwrite_replaces_the_worst_panels_too(evaluated, tmp_path):
+    """overwrite=true replaces the report: the earlier report's panels do not stay beside it."""
+    ckpt, out, _ = evaluated
+    copy = tmp_path / "report"
+    shutil.copytree(out, copy)
+    assert len(list((copy / "worst").glob("*.png"))) == 3
+    summary = run_eval(compose_config("eval", [f"ckpt={ckpt}", f"output={copy}", "worst=1", "overwrite=true",
+                                               "precision=32-true"]))
+    assert sorted(p.name for p in (copy / "worst").glob("*.png")) == [summary["worst"][0]["panel"].split("/")[-1]]
+
+
 def test_eval_cli_with_a_named_dataset(trained_run, tmp_path):
     ckpt = trained_run / "checkpoints" / "last.ckpt"
     root = load_checkpoint(ckpt).data["root"]

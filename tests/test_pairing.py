@@ -26,7 +26,7 @@ def test_pairs_in_image_order_and_every_unpaired_file_named(tmp_path):
     pairs, missing = pair_by_key(images, masks, mask_for=lambda k: tmp_path / "msk" / k, image_for=lambda k: tmp_path / "img" / k)
     assert problems == []
     assert [(k, i.name, m.name) for k, i, m in pairs] == [("a.tif", "a.tif", "a.tif"), ("b.tif", "b.tif", "b.tif")]
-    assert missing == [f"{tmp_path / 'img' / 'only_image.tif'}: image has no mask {tmp_path / 'msk' / 'only_image.tif'}",
+    assert missing == [f"{tmp_path / 'img' / 'only_image.tif'}: image has no mask (expected {tmp_path / 'msk' / 'only_image.tif'})",
                        f"{tmp_path / 'msk' / 'only_mask.tif'}: mask has no image {tmp_path / 'img' / 'only_mask.tif'}"]
 
 

@@ -62,10 +62,10 @@ def pair_by_key(
 
     Returns:
         ``(pairs, missing)``: ``(key, image, mask)`` in the order of ``images``, and one line
-        per file without its counterpart — ``<image>: image has no <mask_word> <mask_for(k)>``
+        per file without its counterpart — ``<image>: image has no <mask_word> (expected <mask_for(k)>)``
         and ``<mask>: <mask_word> has no image <image_for(k)>`` (where it was looked for).
     """
     pairs = [(k, image, masks[k]) for k, image in images.items() if k in masks]
-    missing = [f"{image}: image has no {mask_word} {mask_for(k)}" for k, image in images.items() if k not in masks]
+    missing = [f"{image}: image has no {mask_word} (expected {mask_for(k)})" for k, image in images.items() if k not in masks]
     missing += [f"{mask}: {mask_word} has no image {image_for(k)}" for k, mask in masks.items() if k not in images]
     return pairs, missing
