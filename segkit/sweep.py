@@ -6,6 +6,8 @@ import csv
 import json
 import logging
 import math
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,14 @@ def collect_runs(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _sweep_command() -> str | None:
+    """The command that started this sweep (with its ``--config-dir`` and the like, which the
+    overrides leave out), when this process is it."""
+    if not Path(sys.argv[0]).name.startswith("segkit-"):
+        return None  # a launcher's job process (submitit), not the command
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
 def write_sweep_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """Write ``summary.csv`` and ``summary.md`` (best run first) into ``sweep_dir``."""
     sweep_dir = Path(sweep_dir)
@@ -66,6 +76,7 @@ def write_sweep_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
         "",
         f"{len(rows)} runs, best first by {rows[0]['monitor']} ({rows[0]['mode']}). "
         f"Overrides shared by all runs: `{rows[0]['common'] or '(none)'}`.",
+        *([f"Command: `{command}`."] if (command := _sweep_command()) else []),
         "",
         "| run | overrides | best | epoch | final | time (s) |",
         "|---|---|---|---|---|---|",
