@@ -148,6 +148,12 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 GEOMETRY = ("in_channels", "image_dtype", "image_size", "pad_multiple", "size_multiple")
+_GEOMETRY_MEANING = {  # for the refusal: what a differing setting does to an image
+    "in_channels": "channels read from each image", "image_dtype": "image dtype",
+    "image_size": "resizing before the model (None: native size)",
+    "pad_multiple": "sides padded to a multiple of (data.pad_multiple; None: no padding)",
+    "size_multiple": "the model's input side multiple",
+}
 
 
 def check_ensemble(modules: Sequence[SegmentationModule], preps: Sequence[Preprocessing],
@@ -166,8 +172,8 @@ def check_ensemble(modules: Sequence[SegmentationModule], preps: Sequence[Prepro
         for key in GEOMETRY:
             if getattr(prep, key) != getattr(preps[0], key):
                 raise ValueError(f"{names[0]} and {name} cannot be averaged: they were trained on images with "
-                                 f"{key} {getattr(preps[0], key)!r} vs {getattr(prep, key)!r} (an ensemble's models "
-                                 "may differ in their normalisation only)")
+                                 f"{key} {getattr(preps[0], key)!r} vs {getattr(prep, key)!r} ({_GEOMETRY_MEANING[key]}); "
+                                 "an ensemble's models see the same windows and may differ in their normalisation only")
 
 
 class Predictor:
