@@ -147,7 +147,7 @@ class FolderDataModule(SegmentationDataModule):
                              bad_name=f"mask name does not follow data.mask_pattern {self.mask_pattern!r}")
         expected = self.mask_pattern.replace("{stem}", "{}")
         pairs, unpaired = pair_by_key(
-            images, masks, mask_for=lambda k: f"(looked for {mask_dir / expected.format(k)}.<{'|'.join(x[1:] for x in MASK_SUFFIXES)}>)",
+            images, masks, mask_for=lambda k: f"{mask_dir / expected.format(k)}.<{'|'.join(x[1:] for x in MASK_SUFFIXES)}>",
             image_for=lambda k: f"{image_dir / k}.<{'|'.join(x[1:] for x in IMAGE_SUFFIXES)}>")
         missing += unpaired
         prefix = f"{group}/" if self.split_mode == "folders" else ""

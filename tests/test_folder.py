@@ -101,7 +101,7 @@ def test_unpaired_files_are_named(tmp_path):
     lines = str(unpaired.value).splitlines()
     images, masks = tmp_path / "d" / "images", tmp_path / "d" / "masks"
     assert lines[0] == f"2 file(s) in folder data at {tmp_path / 'd'} have no counterpart (7 complete item(s)):"
-    assert f"  {images / 'tile_003.png'}: image has no mask (looked for {masks / 'tile_003'}.<png|tif|tiff|gif|bmp>)" in lines
+    assert f"  {images / 'tile_003.png'}: image has no mask (expected {masks / 'tile_003'}.<png|tif|tiff|gif|bmp>)" in lines
     assert f"  {masks / 'orphan.png'}: mask has no image {images / 'orphan'}.<jpg|jpeg|png|bmp|tif|tiff>" in lines
 
 
