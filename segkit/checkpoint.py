@@ -156,11 +156,12 @@ def checkpoint_paths(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> l
     runs: dict[Path, Path] = {}
     digests: dict[str, Path] = {}
     for path in paths:
-        if path.resolve() in seen:
+        resolved = path.resolve()
+        if resolved in seen:
             raise ValueError(f"ckpt: {path} is named twice (it would count double in the average)")
-        seen.add(path.resolve())
-        if path.resolve().parent.name == "checkpoints":  # best.ckpt and last.ckpt of one run: one model, twice
-            run = path.resolve().parent.parent
+        seen.add(resolved)
+        if resolved.parent.name == "checkpoints":  # best.ckpt and last.ckpt of one run: one model, twice
+            run = resolved.parent.parent
             if run in runs:
                 raise ValueError(f"ckpt: {runs[run]} and {path} are two checkpoints of one run ({run}): an ensemble "
                                  "averages different models; name one of them")

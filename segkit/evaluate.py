@@ -22,7 +22,6 @@ the foreground classes unless the model was trained with ``include_background``.
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import logging
 import math
@@ -143,13 +142,6 @@ def _given_data(cfg: DictConfig) -> dict[str, Any]:
     data = cfg.get("data")
     given = {} if data is None else OmegaConf.to_container(data, resolve=True)
     return {key: value for key, value in given.items() if value is not None}
-
-
-def _relocated(member: LoadedCheckpoint, given: dict[str, Any]) -> LoadedCheckpoint:
-    """``member`` with ``data.*`` given alone laid over its recorded data (the same dataset elsewhere)."""
-    if not given or member.data is None:
-        return member
-    return dataclasses.replace(member, data={**member.data, **given})
 
 
 def _default_output(ckpt: Path, split: str) -> Path:
@@ -283,7 +275,7 @@ def _parts(cfg: DictConfig, members: list[LoadedCheckpoint], combine: str, split
         return [_Part(datamodule, dataset, build_predictor(members, cfg), label)]
     parts, seen = [], {}
     for m in sorted(members, key=lambda m: int(m.data.get("fold", 0))):
-        datamodule = _datamodule(dict(_relocated(m, _given_data(cfg)).data), m, str(m.path))
+        datamodule = _datamodule(_data_config(cfg, m), m, str(m.path))  # its recorded data (data.root= may move it)
         dataset = datamodule.evaluation_dataset(_split_items(datamodule, "val"))
         for name in dataset.names:
             if name in seen:

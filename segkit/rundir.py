@@ -68,7 +68,7 @@ def claim_run_dir(directory: str | os.PathLike, setting: str = "hydra.run.dir") 
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            holder = _holder(fd)
             os.close(fd)
             raise RunDirectoryBusy(
                 f"{directory} is in use by another segkit run ({holder}): wait for it to finish, or choose another "
@@ -86,6 +86,11 @@ def claim_run_dir(directory: str | os.PathLike, setting: str = "hydra.run.dir") 
     return directory
 
 
+def _holder(fd: int) -> str:
+    """What the lock file open at ``fd`` says of the process holding it."""
+    return os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+
+
 def run_holder(directory: str | os.PathLike) -> str | None:
     """Who is running in ``directory`` now (``"pid ... on host, started ..."``), or ``None``
     when no live process holds it. Takes nothing: a shared lock tried and let go at once."""
@@ -99,7 +104,7 @@ def run_holder(directory: str | os.PathLike) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+        return _holder(fd)
     finally:
         os.close(fd)  # closing lets a lock taken here go
     return None
