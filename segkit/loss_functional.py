@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "check_classes_off_device",
     "class_probabilities",
     "cross_entropy",
     "dice_score",
@@ -58,13 +59,18 @@ def class_probabilities(
     valid = _valid(target, ignore_index)
     safe = torch.where(valid, target, torch.zeros_like(target))
     n_classes = probs.shape[1]
-    # checked where it costs no device sync; on a GPU the loaders have checked every mask
-    # against the classes already (segkit.data.datasets), and one_hot's scatter asserts
-    if not safe.is_cuda and safe.numel() and int(safe.max()) >= n_classes:
-        raise ValueError(f"target holds class {int(safe.max())} but the loss has {n_classes} classes")
+    check_classes_off_device(safe, n_classes)
     one_hot = F.one_hot(safe, n_classes).permute(0, 3, 1, 2).to(probs.dtype)
     valid_f = valid.unsqueeze(1).to(probs.dtype)
     return probs, one_hot * valid_f, valid_f
+
+
+def check_classes_off_device(target: torch.Tensor, n_classes: int) -> None:
+    """Refuse labels ``>= n_classes`` where that costs no device sync (CPU tensors). On a GPU
+    the loaders have checked every mask against the classes already (segkit.data.datasets),
+    and one_hot's scatter asserts."""
+    if not target.is_cuda and target.numel() and int(target.max()) >= n_classes:
+        raise ValueError(f"target holds class {int(target.max())} but the loss has {n_classes} classes")
 
 
 def soft_counts(

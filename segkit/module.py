@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,47 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the message names the step, batch and images."""
+
+
+_CAUSES = ("Usual causes: a learning rate too high (optimizer.lr), exploding gradients (trainer.gradient_clip_val=1.0), "
+           "fp16 overflow (trainer.precision=bf16-mixed or 32-true), or broken images/masks in the batch above "
+           "(segkit-prepare check=true). ")
+
+
+class _PendingCheck:
+    """One training step's "was the loss finite?", read later without stalling the device.
+
+    The flag is computed on the device right after the forward pass; under DDP it is summed
+    over the ranks with an asynchronous all-reduce (queued before backward on every rank, so
+    the collectives stay in one order and all ranks read the same verdict at the same step).
+    On CUDA it then travels to page-locked host memory without blocking, behind a CUDA event;
+    :meth:`bad` waits for that event only, i.e. for this step's forward pass and not for the
+    backward and optimizer step queued after it.
+    """
+
+    def __init__(self, loss: torch.Tensor, batch: Mapping[str, Any], batch_idx: int, step: int, epoch: int,
+                 world_size: int) -> None:
+        self.loss = loss.detach()
+        self.names = list(batch.get("name") or [])
+        self.batch_idx, self.step, self.epoch = batch_idx, step, epoch
+        flag = (~torch.isfinite(self.loss)).any().to(torch.int32)
+        if world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(flag, op=dist.ReduceOp.SUM, async_op=True).wait()  # on CUDA: the stream waits, not the host
+        self._event = None
+        if flag.is_cuda:
+            self.host = torch.empty((), dtype=torch.int32, pin_memory=True)
+            self.host.copy_(flag, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self.host = flag
+
+    def bad(self) -> bool:
+        if self._event is not None:
+            self._event.synchronize()
+        return bool(self.host.numpy())
 
 
 class SegmentationModule(L.LightningModule):
@@ -56,9 +98,11 @@ class SegmentationModule(L.LightningModule):
             trained with BCE on the encoder's classification head (staged pretraining);
             logs ``val/cls_loss``, ``val/acc``, ``val/f1``.
         nonfinite_loss: a NaN/inf training loss ``"stop"``s training with
-            :class:`NonFiniteLossError` before the weights are touched (checkpoints keep the
-            last good state), or ``"skip"``s the batch (no backward, no optimizer step;
-            single process only) — up to ``max_consecutive_skips`` in a row, then it stops.
+            :class:`NonFiniteLossError` before any checkpoint holds the weights it touched:
+            the check is read one step late (or before validation or a checkpoint), so it
+            never stalls the GPU; or ``"skip"``s the batch (no backward, no optimizer step;
+            single process only; one host sync per step, since the decision comes before
+            backward) — up to ``max_consecutive_skips`` in a row, then it stops.
     """
 
     def __init__(
@@ -86,6 +130,8 @@ class SegmentationModule(L.LightningModule):
             raise ValueError(f"module.nonfinite_loss must be 'stop' or 'skip', got {nonfinite_loss!r}")
         self._consecutive_skips = 0
         self.skipped_batches = 0
+        self._pending_check: _PendingCheck | None = None
+        self._checks_paused = False
         self.task = task
         self.save_hyperparameters()
         model_params = dict(model)
@@ -159,11 +205,17 @@ class SegmentationModule(L.LightningModule):
         return F.binary_cross_entropy_with_logits(logits, labels), logits, labels
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        self._settle_nonfinite_check()  # the previous step's, read without waiting for this one
         if self.task == "classification":
             loss = self._classification_loss(batch)[0]
         else:
             loss = self.loss_fn(self(self._images(batch)), batch["mask"])
-        if self._nonfinite(loss, batch, batch_idx):
+        if self._checks_paused:
+            pass  # the LR finder drives the loss to diverge on purpose
+        elif self.hparams.nonfinite_loss == "stop":
+            self._pending_check = _PendingCheck(loss, batch, batch_idx, self.global_step, self.current_epoch,
+                                                self._world_size())
+        elif self._nonfinite(loss, batch, batch_idx):
             return None  # Lightning skips backward and the optimizer step
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]),
                  sync_dist=True)
@@ -176,34 +228,60 @@ class SegmentationModule(L.LightningModule):
                 "the ranks. Use module.nonfinite_loss=stop (the default) and resume= after fixing the cause"
             )
 
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
+
+    def _settle_nonfinite_check(self) -> None:
+        """Read the pending ``stop``-mode check (the last training step's loss); raises
+        :class:`NonFiniteLossError` when it was not finite. Called at the next step, before
+        validation, before a checkpoint is written and at the end of fit."""
+        pending, self._pending_check = self._pending_check, None
+        if pending is not None and pending.bad():
+            raise NonFiniteLossError(
+                self._where(pending.loss, pending.names, pending.step, pending.epoch, pending.batch_idx)
+                + ". Training stopped before any checkpoint held the weights that step changed; "
+                + f"{self._last_good_checkpoint()}. " + _CAUSES + "module.nonfinite_loss=skip skips such batches instead."
+            )
+
+    @staticmethod
+    def _where(loss: torch.Tensor, names: Sequence[Any], step: int, epoch: int, batch_idx: int) -> str:
+        shown = (", ".join(map(str, names[:8])) + (" ..." if len(names) > 8 else "")) if names else "(not named in the batch)"
+        return (f"non-finite training loss ({float(loss.float().flatten()[0])}) at global step "
+                f"{step} (epoch {epoch}, batch {batch_idx} of the epoch); images: {shown}")
+
     def _nonfinite(self, loss: torch.Tensor, batch: Mapping[str, Any], batch_idx: int) -> bool:
-        """``True`` when this batch is to be skipped; raises :class:`NonFiniteLossError` to stop.
-        The check is one scalar read per step (the progress bar reads the loss anyway); under
-        DDP the ranks decide together, so all stop or none."""
-        bad = not bool(torch.isfinite(loss.detach()).all())
-        if self._trainer is not None and self.trainer.world_size > 1:
-            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
-        if not bad:
+        """``skip`` mode: ``True`` when this batch is to be skipped; raises
+        :class:`NonFiniteLossError` after ``max_consecutive_skips`` in a row. One scalar read
+        per step, since the decision must come before backward (single process only)."""
+        if bool(torch.isfinite(loss.detach()).all()):
             self._consecutive_skips = 0
             return False
-        names = list(batch.get("name") or [])
-        shown = (", ".join(map(str, names[:8])) + (" ..." if len(names) > 8 else "")) if names else "(not named in the batch)"
-        where = (f"non-finite training loss ({float(loss.detach().float().flatten()[0])}) at global step "
-                 f"{self.global_step} (epoch {self.current_epoch}, batch {batch_idx} of the epoch); images: {shown}")
-        if self.hparams.nonfinite_loss == "skip" and self._consecutive_skips < self.hparams.max_consecutive_skips:
+        where = self._where(loss.detach(), list(batch.get("name") or []), self.global_step, self.current_epoch, batch_idx)
+        if self._consecutive_skips < self.hparams.max_consecutive_skips:
             self._consecutive_skips += 1
             self.skipped_batches += 1
             log.warning("%s: batch skipped (%d in a row, %d in all)", where, self._consecutive_skips, self.skipped_batches)
             return True
         raise NonFiniteLossError(
             where + (f" — {self._consecutive_skips} batches in a row skipped before it" if self._consecutive_skips else "")
-            + f". Training stopped before this step changed the weights; {self._last_good_checkpoint()}. "
-            "Usual causes: a learning rate too high (optimizer.lr), exploding gradients (trainer.gradient_clip_val=1.0), "
-            "fp16 overflow (trainer.precision=bf16-mixed or 32-true), or broken images/masks in the batch above "
-            "(segkit-prepare check=true). "
-            + ("module.nonfinite_loss=skip skips such batches instead." if self.hparams.nonfinite_loss == "stop"
-               else "module.max_consecutive_skips sets how many in a row are skipped.")
+            + f". Training stopped before this step changed the weights; {self._last_good_checkpoint()}. " + _CAUSES
+            + "module.max_consecutive_skips sets how many in a row are skipped."
         )
+
+    def on_validation_start(self) -> None:
+        self._settle_nonfinite_check()
+
+    @contextlib.contextmanager
+    def nonfinite_checks_paused(self) -> Iterator[None]:
+        """No non-finite loss check inside (the LR finder raises the LR until the loss diverges)."""
+        self._pending_check, self._checks_paused = None, True
+        try:
+            yield
+        finally:
+            self._pending_check, self._checks_paused = None, False
+
+    def on_train_end(self) -> None:
+        self._settle_nonfinite_check()
 
     def _last_good_checkpoint(self) -> str:
         for callback in getattr(self.trainer, "checkpoint_callbacks", []):
@@ -242,6 +320,7 @@ class SegmentationModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store what prediction needs besides the weights (see :mod:`segkit.checkpoint`)."""
+        self._settle_nonfinite_check()  # no checkpoint holds weights a non-finite step touched
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         preprocessing: dict[str, Any] = {
             "dataset": None, "in_channels": self.hparams.in_channels, "image_dtype": None,

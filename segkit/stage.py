@@ -254,7 +254,8 @@ def _find_lr(trainer: L.Trainer, module: SegmentationModule, datamodule: Any, st
     max_epochs = trainer.fit_loop.max_epochs
     trainer.fit_loop.max_epochs = 10_000
     try:
-        finder = Tuner(trainer).lr_find(module, datamodule=datamodule, update_attr=False, **options)
+        with module.nonfinite_checks_paused():
+            finder = Tuner(trainer).lr_find(module, datamodule=datamodule, update_attr=False, **options)
     finally:
         trainer.fit_loop.max_epochs = max_epochs
     # under DDP Lightning broadcasts rank 0's curve, so every rank gets the same suggestion;

@@ -72,3 +72,30 @@ def test_ddp_staged_recipe_with_a_classification_head(tmp_path):
     for key, value in first.classification_head.state_dict().items():
         assert torch.equal(value, second.classification_head.state_dict()[key]), key
     assert any(not torch.equal(a, b) for a, b in zip(first.encoder.state_dict().values(), second.encoder.state_dict().values()))
+
+
+def _pending_check_on_rank(rank: int, init_file: str, verdicts) -> None:
+    import torch.distributed as dist
+
+    from segkit.module import _PendingCheck
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        readings = []
+        for step, nan_rank in enumerate([None, 0, 1, None]):
+            loss = torch.tensor(float("nan") if rank == nan_rank else 0.5)
+            readings.append(_PendingCheck(loss, {"name": [f"r{rank}s{step}.png"]}, step, step, 0, world_size=2).bad())
+        verdicts[rank] = readings
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_ranks_read_one_nonfinite_verdict_at_the_same_step(tmp_path):
+    """Stop mode under DDP: the flag is summed over the ranks (an asynchronous all-reduce), so
+    when one rank's loss is NaN every rank reads "bad" for that step and all stop together,
+    none left waiting in a collective."""
+    import torch.multiprocessing as mp
+
+    verdicts = mp.Manager().dict()
+    mp.spawn(_pending_check_on_rank, args=(str(tmp_path / "pg"), verdicts), nprocs=2, join=True)
+    assert dict(verdicts) == {0: [False, True, True, False], 1: [False, True, True, False]}

@@ -179,3 +179,64 @@ def test_resume_refuses_a_tampered_checkpoint_before_running_any_of_it(trained_r
     with pytest.raises(ValueError, match=rf"{last}: refused: the checkpoint holds objects other than tensors and plain data"):
         run_training(cfg)
     assert not marker.exists()
+
+
+def test_a_nan_on_the_last_batch_of_an_epoch_stops_before_that_epochs_checkpoint(tmp_path, monkeypatch):
+    """The stop-mode check is read one step late; at an epoch's end the validation and the
+    checkpoint come first, and they read it, so no checkpoint holds the weights it touched."""
+    nan_at(monkeypatch, {8})  # 3 batches per epoch: step 8 is epoch 2's last batch
+    cfg = compose_config("train", [*TINY, "trainer.max_epochs=4", f"paths.run_dir={tmp_path / 'run'}"])
+    with pytest.raises(NonFiniteLossError, match=r"at global step 8 \(epoch 2, batch 2 of the epoch\); images: .*"
+                                                 r"before any checkpoint held the weights that step changed"):
+        run_training(cfg)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == 6 and weights_finite(last)
+
+
+SYNC_CALLS = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "nonzero", "numpy")
+
+
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_the_nonfinite_check_waits_for_no_device_inside_a_training_step(tmp_path, monkeypatch, mode):
+    """In the default stop mode a training step reads nothing back from the device (each read a
+    host sync on CUDA, the GPU idle until the host queues the backward pass); the verdict is
+    read at the next step, one value, computed a whole step earlier. Skip mode must decide
+    before backward, so it reads once per step. Counted on the CPU with tensor-read counters."""
+    counting, syncs, settled = [False], [], []
+    import segkit.loss_functional
+
+    # the losses' label check runs on CPU tensors only (on CUDA the loaders have checked the masks)
+    monkeypatch.setattr(segkit.loss_functional, "check_classes_off_device", lambda *a: None)
+    for name in SYNC_CALLS:
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k:
+                            (syncs.append(_n) if counting[0] else None) or _o(self, *a, **k))
+    step, settle = SegmentationModule.training_step, SegmentationModule._settle_nonfinite_check
+
+    def counted_step(self, *args, **kwargs):
+        counting[0] = True
+        try:
+            return step(self, *args, **kwargs)
+        finally:
+            counting[0] = False
+
+    def counted_settle(self):
+        was, counting[0] = counting[0], False
+        settled.append(self._pending_check is not None)
+        try:
+            return settle(self)
+        finally:
+            counting[0] = was
+
+    monkeypatch.setattr(SegmentationModule, "training_step", counted_step)
+    monkeypatch.setattr(SegmentationModule, "_settle_nonfinite_check", counted_settle)
+    cfg = compose_config("train", [*TINY, "trainer.max_epochs=1", f"module.nonfinite_loss={mode}",
+                                   f"paths.run_dir={tmp_path / 'run'}"])
+    run_training(cfg)
+    steps = 3
+    if mode == "stop":
+        assert syncs == []
+        assert settled.count(True) == steps  # each step's verdict read once: two by later steps, one before validation
+    else:
+        assert syncs == ["__bool__"] * steps and not any(settled)
