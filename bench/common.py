@@ -65,17 +65,17 @@ class Report:
     notes: list[str] = field(default_factory=list)
     markdown: list[str] = field(default_factory=list)  # written as is after the lines (tables)
     live: bool = False
-    results: Path = RESULTS
+    results: Path | None = RESULTS  # None: print only
     _opened: bool = False
 
     def _header(self) -> list[str]:
         stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-        return [f"\n### {self.title} — {stamp}", "", f"Machine: {machine()}.", f"Command: `{' '.join(sys.argv)}`", ""]
+        return [f"\n### {self.title} — {stamp}", "", f"Machine: {machine()}.", f"Command: `{command()}`", ""]
 
     def _row(self, text: str) -> None:
         print(text, flush=True)
         self.rows.append(text)
-        if not self.live or os.environ.get("SEGKIT_BENCH_NO_SAVE"):
+        if not self.live or os.environ.get("SEGKIT_BENCH_NO_SAVE") or self.results is None:
             return
         lines = [] if self._opened else self._header()
         self._opened = True
@@ -87,7 +87,7 @@ class Report:
         ratio = ours / baseline if higher_is_better else baseline / ours
         line = f"{name}: ours {_fmt(ours)} {unit}, baseline {_fmt(baseline)} {unit}, ratio {ratio:.2f}"
         if target:
-            line += f" (target {target})"
+            line += f" (target {target}{_verdict(ratio, target)})"
         self._row(line)
         return ratio
 
@@ -99,7 +99,7 @@ class Report:
         self.notes.append(text)
 
     def save(self) -> None:
-        if os.environ.get("SEGKIT_BENCH_NO_SAVE"):
+        if os.environ.get("SEGKIT_BENCH_NO_SAVE") or self.results is None:
             return
         if self.live:  # the lines are there already
             text = [""] if self.notes or self.markdown else []
@@ -111,6 +111,28 @@ class Report:
             return
         with self.results.open("a") as f:
             f.write("\n".join(text) + "\n")
+
+
+def command() -> str:
+    """This process's command line as one can run it again: ``python -m bench.<name> ...`` for
+    a benchmark module (run as a file it could not import ``bench``)."""
+    script = Path(sys.argv[0])
+    if script.suffix == ".py" and script.resolve().parent == HERE:
+        return " ".join(["python -m bench." + script.stem, *sys.argv[1:]])
+    return " ".join(sys.argv)
+
+
+def _verdict(ratio: float, target: str) -> str:
+    """`` ✓`` / `` ✗`` for a target of the form ``>= x`` or ``<= x``; ``""`` for any other text."""
+    parts = target.split()
+    if len(parts) != 2 or parts[0] not in (">=", "<="):
+        return ""
+    try:
+        bound = float(parts[1])
+    except ValueError:
+        return ""
+    met = ratio >= bound if parts[0] == ">=" else ratio <= bound
+    return " ✓" if met else " ✗"
 
 
 def _fmt(value: float) -> str:

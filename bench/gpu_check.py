@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -65,14 +66,21 @@ class Sizes:
 
 FULL = Sizes(("mobilenet_unet", "unet"), (), {256: 32, 768: 8}, steps=10, warmup=3, loader_side=768, loader_batch=8,
              scene=4000, tile=1024, overlap=256, demo_seconds=30, demo_size=256)
-QUICK = Sizes(("mobilenet_unet",), ("16-mixed + channels-last", "bf16-mixed + channels-last"), {64: 2},
+QUICK = Sizes(("mobilenet_unet",), ("32-true, TF32 off + channels-last", "16-mixed", "16-mixed + channels-last", "bf16-mixed",
+                                    "bf16-mixed + channels-last"), {64: 2},
               steps=2, warmup=1, loader_side=64, loader_batch=2,
               scene=192, tile=128, overlap=32, demo_seconds=10, demo_size=64)
+MIN_DEMO_STEPS = 20  # a demo rate from fewer steps measures its set-up, not its training
 #: (label, precision, TF32, channels-last); the first is every line's baseline
 MODES = [("32-true, TF32 off", "32-true", False, False), ("32-true, TF32 off + channels-last", "32-true", False, True),
          ("32-true, TF32 on", "32-true", True, False), ("32-true, TF32 on + channels-last", "32-true", True, True),
          ("16-mixed", "16-mixed", True, False), ("16-mixed + channels-last", "16-mixed", True, True),
          ("bf16-mixed", "bf16-mixed", True, False), ("bf16-mixed + channels-last", "bf16-mixed", True, True)]
+
+
+def label(text: str, device: torch.device) -> str:
+    """A mode's label as it applies: TF32 is a CUDA setting, so off CUDA it is not named."""
+    return text if device.type == "cuda" else text.replace(", TF32 off", "")
 
 
 def sync(device: torch.device) -> None:
@@ -137,7 +145,7 @@ def plain_rate(model: str, side: int, batch: int, precision: str, channels_last:
     module = make_module(model, channels_last, device)
     step = make_step(module, precision, device, compiled)
     images, masks = batch_on(device, batch, side)
-    for _ in range(sizes.warmup + (2 if compiled else 0)):
+    for _ in range(sizes.warmup + (3 if compiled else 0)):  # compiled: the compilation happens here, untimed
         step(images, masks)
     sync(device)
     started = time.perf_counter()
@@ -227,23 +235,24 @@ def precisions(report: Report, device: torch.device, sizes: Sizes, compiled: boo
     for model in sizes.models:
         for side, batch in sizes.sides.items():
             if time.perf_counter() > deadline:
-                report.line(f"{model} {side} px: skipped, past the time budget (--budget-s)")
+                report.line(f"{model} {side} px: skipped, the time budget (--budget-s) is spent")
                 continue
             set_tf32(False)
             base, base_peak = plain_rate(model, side, batch, "32-true", False, device, sizes)
             peak = f", peak {base_peak:.2f} GiB" if base_peak is not None else ""
-            report.line(f"{model} {side} px, batch {batch}, plain loop, {MODES[0][0]}: {base:.1f} images/s{peak}")
-            for label, precision, tf32, channels_last in MODES[1:]:
-                if (device.type != "cuda" and "TF32 on" in label) or (sizes.modes and label not in sizes.modes):
+            report.line(f"{model} {side} px, batch {batch}, plain loop, {label(MODES[0][0], device)}: {base:.1f} images/s{peak}")
+            for name, precision, tf32, channels_last in MODES[1:]:
+                if (device.type != "cuda" and "TF32 on" in name) or (sizes.modes and name not in sizes.modes):
                     continue  # TF32 is a CUDA setting; --quick measures fewer modes
                 set_tf32(tf32)
                 try:
                     rate, peak_mode = plain_rate(model, side, batch, precision, channels_last, device, sizes)
                 except Exception as err:  # noqa: BLE001 — a mode this machine lacks: say so, go on
-                    report.line(f"  {label}: failed ({type(err).__name__}: {err})"[:300])
+                    report.line(f"  {label(name, device)}: failed ({type(err).__name__}: {err})"[:300])
                     continue
                 peak = f" (peak {peak_mode:.2f} GiB)" if peak_mode is not None else ""
-                report.compare(f"  {model} {side} px {label}{peak} vs {MODES[0][0]}", rate, base, "images/s")
+                report.compare(f"  {model} {side} px {label(name, device)}{peak} vs {label(MODES[0][0], device)}",
+                               rate, base, "images/s")
                 if precision == auto and channels_last:
                     chosen[(model, side)] = rate
             if compiled:
@@ -254,6 +263,8 @@ def precisions(report: Report, device: torch.device, sizes: Sizes, compiled: boo
                                    rate, chosen[(model, side)], "images/s")
                 except Exception as err:  # noqa: BLE001 — no compiler on the box: report, go on
                     report.line(f"  torch.compile: failed ({type(err).__name__}: {err})"[:300])
+                finally:
+                    torch._dynamo.reset()  # the compiled graphs and their caches go before the next lines
             set_tf32(True)
             rate = trainer_rate(model, side, batch, auto, device, sizes)
             report.compare(f"  {model} {side} px {auto} + channels-last: Lightning Trainer vs the plain loop",
@@ -397,37 +408,90 @@ def demo(report: Report, device: torch.device, sizes: Sizes, chosen: dict[tuple[
         metrics = json.loads((run_dir / "metrics.json").read_text())
         steps = int((metrics.get("history") or [{}])[-1].get("step") or 0)
         batch = int(OmegaConf.load(run_dir / "config.yaml").data.batch_size)
+    epochs = int(metrics["epochs_run"])
     report.line(f"demo: segkit-train model=mobilenet_unet at {sizes.demo_size} px for {sizes.demo_seconds} s "
-                f"({metrics['precision']}): {metrics['epochs_run']} epochs, {steps} steps of batch {batch}, "
+                f"({metrics['precision']}): {epochs} epoch{'s' * (epochs != 1)}, {steps} steps of batch {batch}, "
                 f"best val/dice {metrics['best'].get('val/dice', float('nan')):.3f}; {wall:.0f} s with the process start")
     key = ("mobilenet_unet", sizes.demo_size)
-    if key in chosen and steps:
+    if steps < MIN_DEMO_STEPS:
+        report.line(f"  demo rate: not compared, {steps} steps are too few (fewer than {MIN_DEMO_STEPS}: the data set-up "
+                    "and validation took the time, or the machine is busy)")
+    elif key in chosen:
         report.compare(f"  demo training images/s over the whole run (data set-up, loader, validation, checkpoints) "
                        f"vs the plain loop at {sizes.demo_size} px", steps * batch / float(metrics["wall_time_s"]),
                        chosen[key], "images/s")
 
 
+SECTIONS = ("precisions", "loader", "window", "demo", "memory")
+
+
+def _device(text: str) -> torch.device:
+    if text != "cpu" and not (text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit())):
+        raise argparse.ArgumentTypeError(f"{text!r}: give cuda, cuda:N or cpu")
+    return torch.device(text)
+
+
+def _budget(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text}: the budget must be a positive number of seconds (e.g. 300)")
+    return value
+
+
+def _workers(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of loader workers, 0 or more")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.gpu_check", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n")[0].replace("\n", " "),
+        epilog="Every line: ours = the setting named first, baseline = the one after 'vs', ratio = ours / baseline "
+               "(rates: > 1 means the first is faster). A section that finished ends with 'gpu_check done'; "
+               "a file without that line was cut off.")
+    parser.add_argument("--device", type=_device, default=torch.device("cuda"), help="cuda (default), cuda:N or cpu")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (what the test suite runs on a CPU)")
-    parser.add_argument("--compile", action="store_true", help="add torch.compile lines")
+    parser.add_argument("--compile", action="store_true", help="add torch.compile lines (compilation untimed)")
     parser.add_argument("--batch-search", action="store_true", help="search the largest batch beyond the cap of 64")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
-    parser.add_argument("--skip", nargs="*", default=[], choices=["precisions", "loader", "memory", "window", "demo"])
-    parser.add_argument("--budget-s", type=float, default=420.0,
-                        help="no new section starts after this many seconds (the check must end within 8 minutes)")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="the markdown file the lines are appended to")
+    parser.add_argument("--workers", type=_workers, default=min(8, os.cpu_count() or 1),
+                        help="loader workers of the loader section (default: the cores, at most 8)")
+    parser.add_argument("--skip", nargs="+", default=[], choices=SECTIONS, metavar="SECTION",
+                        help=f"sections to leave out: {', '.join(SECTIONS)}")
+    parser.add_argument("--budget-s", type=_budget, default=420.0,
+                        help="no new section starts after this many seconds (default 420; the one running finishes)")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="the markdown file the lines are appended to as they are measured (default: "
+                             "bench/RESULTS.md on CUDA; on a CPU nothing is written unless given). On a lent GPU "
+                             "give a file under $OUT, so a run cut off brings back what it measured")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    device = args.device
+    results = args.results if args.results is not None else (RESULTS if device.type == "cuda" else None)
+    if results is not None:
+        try:
+            results.parent.mkdir(parents=True, exist_ok=True)
+            with results.open("a"):
+                pass
+        except OSError as err:
+            parser.error(f"--results {results}: cannot write there ({err.strerror or type(err).__name__}); "
+                         "give a file in a writable folder, e.g. --results $OUT/gpu_check.md")
+    from segkit.quiet import silence_known_noise
+
+    silence_known_noise()
     sizes = QUICK if args.quick else FULL
     report = Report(f"GPU check (bench/gpu_check.py, {device.type}{', quick' if args.quick else ''})", live=True,
-                    results=args.results)
+                    results=results)
     started = time.perf_counter()
     if not check_machine(report, device):
         return 2
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    report.line(f"time budget {args.budget_s:.0f} s (--budget-s): no section starts after it; each line is ours vs "
+                "the baseline after 'vs', ratio = ours / baseline (> 1: ours faster)")
     deadline = started + args.budget_s
     chosen = precisions(report, device, sizes, args.compile, deadline) if "precisions" not in args.skip else {}
     sections = [("loader", lambda: loader(report, device, sizes, args.workers)),
@@ -438,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         if name in args.skip:
             continue
         if time.perf_counter() > deadline:
-            report.line(f"{name}: skipped, past the time budget of {args.budget_s:.0f} s (--budget-s)")
+            report.line(f"{name}: skipped, the time budget (--budget-s) is spent")
             continue
         section()
     report.line(f"gpu_check done in {time.perf_counter() - started:.0f} s")

@@ -98,6 +98,7 @@ def report_errors(app: str) -> Callable[[F], F]:
             try:
                 return function(*args, **kwargs)
             except KeyboardInterrupt as interrupt:
+                _second_interrupt_exits()
                 said = f" {interrupt}" if str(interrupt) else ""
                 sys.stderr.write(f"\n{app}: interrupted (Ctrl-C or a stop signal); files written so far are complete, "
                                  f"nothing half-written.{said}\n")
@@ -117,6 +118,17 @@ def report_errors(app: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def _second_interrupt_exits() -> None:
+    """While the first Ctrl-C winds down (loader workers, logger threads), another one ends the
+    process at once with 130, as the first would have: not a death by signal (-2) and not a
+    traceback from the middle of the shutdown."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, lambda *_: (sys.stderr.flush(), os._exit(130)))
 
 
 def _log_to_files(message: str) -> None:

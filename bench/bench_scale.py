@@ -1,0 +1,289 @@
+"""Cost per item against dataset size: does setup, preparation and loading stay linear, and
+does memory stay bounded, from a thousand images to the full download?
+
+For each dataset and size N, a fresh child process (its own peak memory) builds the
+datamodule as ``segkit-train`` does and times, per stage:
+
+- ``list``: reading the index (Airbus CSV) and listing the files (``dm.items()``);
+- ``prepare``: ``dm.prepare_data()`` (Airbus: the mask cache, where one is built);
+- ``setup``: the split, the samplers and the datasets (``dm.setup()``);
+- ``first batch``: the first training batch through loader workers;
+- loading: images per second over ``--batches`` training batches, in each of 3 epochs
+  (persistent workers, as training runs them).
+
+Memory: the main process's peak (``VmHWM``) after setup, and each loader worker's private
+memory (``Private_Clean + Private_Dirty`` of ``/proc/<pid>/smaps_rollup``: the pages it
+copied from the parent, the copy-on-write growth that per-item Python objects cause) after
+each epoch's batches. The work folder's size on disk is the cache.
+
+Data, generated once into ``~/.cache/segkit-bench/scale`` (``SEGKIT_BENCH_DATA``) and reused:
+
+- ``airbus``: the real layout and proportions (22.1% of the images with ships, 1.92 ship
+  rows per ship image, as in the 192,556-image ``train_v2``), RLE rows of real ship shapes
+  (a pool encoded once, shifted per image), and 768x768 JPEGs: eight distinct real-content
+  files, every image a hard link to one of them (real headers and decode, no disk per image);
+- ``folder``: 256x256 PNG tiles and masks, hard links likewise.
+
+The baseline of every ratio is the same measurement at the smallest N: cost per item at N
+over cost per item at the smallest (1.00 = linear), worker memory after epoch 3 over after
+epoch 1.
+
+    python -m bench.bench_scale [--quick] [--datasets airbus folder] [--sizes 1000 10000 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import ROOT, Report, peak_rss_mb
+
+AIRBUS_FULL = 192_556
+SHIP_SHARE = 42_556 / AIRBUS_FULL
+ROWS_PER_SHIP_IMAGE = (231_723 - (AIRBUS_FULL - 42_556)) / 42_556  # 1.92
+SIZES = {"airbus": [1_000, 10_000, 100_000, AIRBUS_FULL], "folder": [1_000, 10_000, 100_000]}
+QUICK_SIZES = {"airbus": [300, 3_000], "folder": [300, 3_000]}
+DATA = Path(os.environ.get("SEGKIT_BENCH_DATA") or Path.home() / ".cache" / "segkit-bench" / "scale")
+
+
+# ----------------------------------------------------------------- generated layouts
+def _distinct_jpegs(directory: Path, size: int, count: int = 8) -> list[Path]:
+    import cv2
+
+    from datamodules.synthetic import _sea
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(count):
+        path = directory / f"_source{k}.jpg"
+        if not path.exists():
+            cv2.imwrite(str(path), np.clip(_sea(rng, size), 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 92])
+        paths.append(path)
+    return paths
+
+
+def _ship_pool(count: int = 400, size: int = 768) -> list[tuple[np.ndarray, int]]:
+    """Real-looking ships: (runs as a flat F-order start/length array, width in columns)."""
+    import cv2
+
+    from datamodules.synthetic import _ship_polygon
+    from segkit.data.rle import rle_encode
+
+    rng = np.random.default_rng(1)
+    pool = []
+    while len(pool) < count:
+        mask = np.zeros((size, size), np.uint8)
+        cv2.fillPoly(mask, [_ship_polygon(rng, size) // 4 + size // 3], 1)  # ships of 5-60 px, as in Airbus
+        if mask.sum() < 6:
+            continue
+        columns = np.flatnonzero(mask.any(axis=0))
+        runs = np.array(rle_encode(mask, order="F").split(), dtype=np.int64)
+        pool.append((runs, int(columns[-1])))
+    return pool
+
+
+def airbus_layout(n: int) -> Path:
+    root = DATA / f"airbus-{n}"
+    if (root / ".done").exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    images = root / "train_v2"
+    images.mkdir(parents=True)
+    sources = _distinct_jpegs(root, 768)
+    pool = _ship_pool()
+    rng = np.random.default_rng(n)
+    rows = ["ImageId,EncodedPixels"]
+    for i in range(n):
+        image_id = f"{i:09x}.jpg"
+        os.link(sources[i % len(sources)], images / image_id)
+        if rng.random() >= SHIP_SHARE:
+            rows.append(f"{image_id},")
+            continue
+        ships = 1 + rng.poisson(ROWS_PER_SHIP_IMAGE - 1)
+        for s in rng.choice(len(pool), size=ships, replace=False):
+            runs, last_column = pool[s]
+            shift = int(rng.integers(-(768 // 3), 768 - last_column)) * 768  # whole columns: stays in the image
+            runs = runs.copy()
+            runs[0::2] += shift
+            rows.append(f"{image_id},{' '.join(map(str, runs))}")
+    (root / "train_ship_segmentations_v2.csv").write_text("\n".join(rows) + "\n")
+    (root / ".done").write_text("")
+    return root
+
+
+def folder_layout(n: int) -> Path:
+    import cv2
+
+    root = DATA / f"folder-{n}"
+    if (root / ".done").exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(2)
+    sources = []
+    for k in range(8):
+        image, mask = root / f"_image{k}.png", root / f"_mask{k}.png"
+        cv2.imwrite(str(image), rng.integers(0, 255, (256, 256, 3), dtype=np.uint8))
+        cv2.imwrite(str(mask), (rng.random((256, 256)) < 0.2).astype(np.uint8))
+        sources.append((image, mask))
+    for i in range(n):
+        image, mask = sources[i % len(sources)]
+        os.link(image, root / "images" / f"tile{i:06d}.png")
+        os.link(mask, root / "masks" / f"tile{i:06d}.png")
+    (root / ".done").write_text("")
+    return root
+
+
+LAYOUTS = {"airbus": airbus_layout, "folder": folder_layout}
+
+
+# --------------------------------------------------------------------- one child
+def _private_mb(pid: int) -> float:
+    total = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            total += int(line.split()[1])
+    return total / 1024
+
+
+def _datamodule(kind: str, root: Path, cache: Path, workers: int):
+    common = {"root": str(root), "cache_dir": str(cache), "num_workers": workers, "batch_size": 8,
+              "image_size": 256, "pin_memory": False}
+    if kind == "airbus":
+        from datamodules.airbus import AirbusDataModule
+
+        return AirbusDataModule(**common, background_ratio=1.0)
+    from datamodules.folder import FolderDataModule
+
+    return FolderDataModule(**common)
+
+
+def measure(kind: str, n: int, batches: int, workers: int) -> dict:
+    """One dataset size, in this process (run it in a fresh one)."""
+    root = LAYOUTS[kind](n)
+    cache = DATA / "work" / f"{kind}-{n}"
+    shutil.rmtree(cache, ignore_errors=True)
+    out: dict = {"n": n}
+    dm = _datamodule(kind, root, cache, workers)
+    started = time.perf_counter()
+    items = dm.items()
+    out["list_s"] = time.perf_counter() - started
+    out["items"] = len(items)
+    started = time.perf_counter()
+    dm.prepare_data()
+    out["prepare_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    dm.setup("fit")
+    out["setup_s"] = time.perf_counter() - started
+    out["main_peak_mb"] = peak_rss_mb()
+    out["cache_mb"] = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) / 2**20
+    loader = dm.train_dataloader()
+    out["worker_mb"], out["images_per_s"] = [], []
+    for epoch in range(3):
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        started = time.perf_counter()
+        iterator = iter(loader)
+        first = None
+        for b in range(batches):
+            next(iterator)
+            if b == 0:
+                first = time.perf_counter() - started
+                started = time.perf_counter()
+        out["images_per_s"].append((batches - 1) * dm.batch_size / (time.perf_counter() - started))
+        if epoch == 0:
+            out["first_batch_s"] = first
+        workers_ = getattr(iterator, "_workers", [])
+        out["worker_mb"].append(max((_private_mb(w.pid) for w in workers_), default=0.0))
+    return out
+
+
+# ---------------------------------------------------------------------- the report
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="two small sizes per dataset (the test suite)")
+    parser.add_argument("--datasets", nargs="+", default=["airbus", "folder"], choices=sorted(LAYOUTS))
+    parser.add_argument("--sizes", nargs="+", type=int, help="dataset sizes (default: 1k, 10k, 100k, full)")
+    parser.add_argument("--batches", type=int, default=40, help="training batches timed per epoch")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--child", nargs=2, metavar=("DATASET", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--plot", type=Path, default=Path(__file__).with_name("scale.png"))
+    args = parser.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(measure(args.child[0], int(args.child[1]), args.batches, args.workers)), flush=True)
+        return
+    report = Report("Scale: cost per item against dataset size")
+    results: dict[str, list[dict]] = {}
+    for kind in args.datasets:
+        sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)[kind]
+        for n in sizes:
+            started = time.perf_counter()
+            LAYOUTS[kind](n)
+            made = time.perf_counter() - started
+            child = subprocess.run([sys.executable, "-m", "bench.bench_scale", "--child", kind, str(n),
+                                    "--batches", str(args.batches), "--workers", str(args.workers)],
+                                   cwd=ROOT, capture_output=True, text=True)
+            line = [x for x in child.stdout.splitlines() if x.startswith("RESULT ")]
+            if child.returncode or not line:
+                sys.exit(f"{kind} N={n} failed:\n{child.stderr[-3000:]}")
+            result = json.loads(line[0][7:])
+            results.setdefault(kind, []).append(result)
+            r = result
+            report.note(f"{kind} N={n}: layout ready in {made:.1f} s; list {r['list_s']:.2f} s, prepare "
+                        f"{r['prepare_s']:.2f} s, setup {r['setup_s']:.2f} s, main peak {r['main_peak_mb']:.0f} MiB, "
+                        f"cache {r['cache_mb']:.1f} MiB, first batch {r['first_batch_s']:.2f} s, "
+                        f"{'/'.join(f'{v:.0f}' for v in r['images_per_s'])} images/s (epochs 1-3), worker private "
+                        f"{'/'.join(f'{v:.0f}' for v in r['worker_mb'])} MiB")
+    for kind, rows in results.items():
+        base = rows[0]
+        for r in rows[1:]:
+            for stage in ("list", "prepare", "setup"):
+                per, per_base = r[f"{stage}_s"] / r["n"] * 1e6, base[f"{stage}_s"] / base["n"] * 1e6
+                report.line(f"{kind} {stage}: {per:.1f} µs per item at N={r['n']:,}, {per_base:.1f} at N={base['n']:,}: "
+                            f"ratio {per / per_base:.2f} (target <= 1.2)")
+            per, per_base = 1e3 / r["images_per_s"][-1], 1e3 / base["images_per_s"][-1]
+            report.line(f"{kind} loading (epoch 3): {per:.2f} ms per image at N={r['n']:,}, {per_base:.2f} at "
+                        f"N={base['n']:,}: ratio {per / per_base:.2f} (target <= 1.2)")
+        for r in rows:
+            if r["worker_mb"][0] > 0:
+                report.line(f"{kind} N={r['n']:,}: worker private memory {r['worker_mb'][2]:.0f} MiB after epoch 3, "
+                            f"{r['worker_mb'][0]:.0f} after epoch 1: ratio {r['worker_mb'][2] / r['worker_mb'][0]:.2f} "
+                            "(target <= 1.1)")
+    _plot(results, args.plot)
+    report.note(f"plot: {args.plot.name}")
+    report.save()
+
+
+def _plot(results: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for kind, rows in results.items():
+        n = [r["n"] for r in rows]
+        for stage, style in (("list", "o-"), ("prepare", "s--"), ("setup", "^:")):
+            axes[0].plot(n, [r[f"{stage}_s"] / r["n"] * 1e6 for r in rows], style, label=f"{kind} {stage}")
+        axes[1].plot(n, [1e3 / r["images_per_s"][-1] for r in rows], "o-", label=f"{kind} loading")
+    for axis, label in ((axes[0], "µs per item"), (axes[1], "ms per image (epoch 3)")):
+        axis.set_xscale("log")
+        axis.set_xlabel("images (N)")
+        axis.set_ylabel(label)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    main()
