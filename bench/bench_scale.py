@@ -22,7 +22,9 @@ Data, generated once into ``~/.cache/segkit-bench/scale`` (``SEGKIT_BENCH_DATA``
   rows per ship image, as in the 192,556-image ``train_v2``), RLE rows of real ship shapes
   (a pool encoded once, shifted per image), and 768x768 JPEGs: eight distinct real-content
   files, every image a hard link to one of them (real headers and decode, no disk per image);
-- ``folder``: 256x256 PNG tiles and masks, hard links likewise.
+- ``folder``: 256x256 PNG tiles and masks, hard links likewise;
+- ``dota``: one scene of 10,000² and one of 20,000² px (N is the side) with 3,000 oriented
+  boxes, cut into 1024 px patches: the peak memory the cut adds, against the decoded scene.
 
 The baseline of every ratio is the same measurement at the smallest N: cost per item at N
 over cost per item at the smallest (1.00 = linear), worker memory after epoch 3 over after
@@ -49,8 +51,8 @@ from bench.common import ROOT, Report, peak_rss_mb
 AIRBUS_FULL = 192_556
 SHIP_SHARE = 42_556 / AIRBUS_FULL
 ROWS_PER_SHIP_IMAGE = (231_723 - (AIRBUS_FULL - 42_556)) / 42_556  # 1.92
-SIZES = {"airbus": [1_000, 10_000, 100_000, AIRBUS_FULL], "folder": [1_000, 10_000, 100_000]}
-QUICK_SIZES = {"airbus": [300, 3_000], "folder": [300, 3_000]}
+SIZES = {"airbus": [1_000, 10_000, 100_000, AIRBUS_FULL], "folder": [1_000, 10_000, 100_000], "dota": [10_000, 20_000]}
+QUICK_SIZES = {"airbus": [300, 3_000], "folder": [300, 3_000], "dota": [1_500]}
 DATA = Path(os.environ.get("SEGKIT_BENCH_DATA") or Path.home() / ".cache" / "segkit-bench" / "scale")
 
 
@@ -70,8 +72,8 @@ def _distinct_jpegs(directory: Path, size: int, count: int = 8) -> list[Path]:
     return paths
 
 
-def _ship_pool(count: int = 400, size: int = 768) -> list[tuple[np.ndarray, int]]:
-    """Real-looking ships: (runs as a flat F-order start/length array, width in columns)."""
+def _ship_pool(count: int = 400, size: int = 768) -> list[tuple[np.ndarray, int, int]]:
+    """Real-looking ships: (runs as a flat F-order start/length array, first and last column)."""
     import cv2
 
     from datamodules.synthetic import _ship_polygon
@@ -86,7 +88,7 @@ def _ship_pool(count: int = 400, size: int = 768) -> list[tuple[np.ndarray, int]
             continue
         columns = np.flatnonzero(mask.any(axis=0))
         runs = np.array(rle_encode(mask, order="F").split(), dtype=np.int64)
-        pool.append((runs, int(columns[-1])))
+        pool.append((runs, int(columns[0]), int(columns[-1])))
     return pool
 
 
@@ -109,8 +111,8 @@ def airbus_layout(n: int) -> Path:
             continue
         ships = 1 + rng.poisson(ROWS_PER_SHIP_IMAGE - 1)
         for s in rng.choice(len(pool), size=ships, replace=False):
-            runs, last_column = pool[s]
-            shift = int(rng.integers(-(768 // 3), 768 - last_column)) * 768  # whole columns: stays in the image
+            runs, first_column, last_column = pool[s]
+            shift = int(rng.integers(-first_column, 768 - last_column)) * 768  # whole columns: stays in the image
             runs = runs.copy()
             runs[0::2] += shift
             rows.append(f"{image_id},{' '.join(map(str, runs))}")
@@ -143,7 +145,20 @@ def folder_layout(n: int) -> Path:
     return root
 
 
-LAYOUTS = {"airbus": airbus_layout, "folder": folder_layout}
+def dota_layout(side: int) -> Path:
+    """One DOTA scene of ``side`` x ``side`` px with 3,000 oriented boxes (N is the side here)."""
+    from bench.bench_dota_prepare import write_scene
+
+    root = DATA / f"dota-{side}"
+    if (root / ".done").exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    write_scene(root, side, objects=3000)
+    (root / ".done").write_text("")
+    return root
+
+
+LAYOUTS = {"airbus": airbus_layout, "folder": folder_layout, "dota": dota_layout}
 
 
 # --------------------------------------------------------------------- one child
@@ -167,8 +182,27 @@ def _datamodule(kind: str, root: Path, cache: Path, workers: int):
     return FolderDataModule(**common)
 
 
+def measure_dota(side: int) -> dict:
+    """Cutting one ``side``² scene: seconds and the peak memory it added, against the decoded scene."""
+    from datamodules.dota import DotaDataModule
+
+    root = LAYOUTS["dota"](side)
+    cache = DATA / "work" / f"dota-{side}"
+    shutil.rmtree(cache, ignore_errors=True)
+    dm = DotaDataModule(root=str(root), cache_dir=str(cache), num_workers=0, max_image_pixels=None)
+    before = peak_rss_mb()
+    started = time.perf_counter()
+    dm.prepare_dataset()
+    seconds = time.perf_counter() - started
+    scene_mb = side * side * 3 / 2**20
+    shutil.rmtree(cache, ignore_errors=True)
+    return {"n": side, "prepare_s": seconds, "scene_mb": scene_mb, "added_peak_mb": peak_rss_mb() - before}
+
+
 def measure(kind: str, n: int, batches: int, workers: int) -> dict:
     """One dataset size, in this process (run it in a fresh one)."""
+    if kind == "dota":
+        return measure_dota(n)
     root = LAYOUTS[kind](n)
     cache = DATA / "work" / f"{kind}-{n}"
     shutil.rmtree(cache, ignore_errors=True)
@@ -211,7 +245,7 @@ def measure(kind: str, n: int, batches: int, workers: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="two small sizes per dataset (the test suite)")
-    parser.add_argument("--datasets", nargs="+", default=["airbus", "folder"], choices=sorted(LAYOUTS))
+    parser.add_argument("--datasets", nargs="+", default=["airbus", "folder", "dota"], choices=sorted(LAYOUTS))
     parser.add_argument("--sizes", nargs="+", type=int, help="dataset sizes (default: 1k, 10k, 100k, full)")
     parser.add_argument("--batches", type=int, default=40, help="training batches timed per epoch")
     parser.add_argument("--workers", type=int, default=2)
@@ -236,8 +270,13 @@ def main() -> None:
             if child.returncode or not line:
                 sys.exit(f"{kind} N={n} failed:\n{child.stderr[-3000:]}")
             result = json.loads(line[0][7:])
-            results.setdefault(kind, []).append(result)
             r = result
+            if kind == "dota":
+                report.line(f"dota: cutting a {n:,}² scene (3,000 boxes) took {r['prepare_s']:.1f} s and added "
+                            f"{r['added_peak_mb']:,.0f} MiB at its peak, the decoded scene {r['scene_mb']:,.0f} MiB: "
+                            f"ratio {r['added_peak_mb'] / r['scene_mb']:.2f} (target <= 1.5)")
+                continue
+            results.setdefault(kind, []).append(result)
             report.note(f"{kind} N={n}: layout ready in {made:.1f} s; list {r['list_s']:.2f} s, prepare "
                         f"{r['prepare_s']:.2f} s, setup {r['setup_s']:.2f} s, main peak {r['main_peak_mb']:.0f} MiB, "
                         f"cache {r['cache_mb']:.1f} MiB, first batch {r['first_batch_s']:.2f} s, "

@@ -6,9 +6,9 @@
     <root>/train_ship_segmentations_v2.csv  ImageId,EncodedPixels — one row per ship,
                                             an empty EncodedPixels for an image without ships
 
-RLE is column-major and 1-indexed (``order="F"``). Masks of all ships of an image are
-decoded once into a per-image PNG cache (rebuilt when the CSV changes); every epoch
-draws all ship images plus a fresh ``background_ratio`` share of the ship-free ones.
+RLE is column-major and 1-indexed (``order="F"``). The masks of all ships of an image
+are decoded from the CSV's rows as the image loads (nothing written per image); every
+epoch draws all ship images plus a fresh ``background_ratio`` share of the ship-free ones.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from segkit.data.cache import MaskCache, file_sha256
+from segkit.data.cache import file_sha256
 from segkit.data.datamodule import Item, Scan, SegmentationDataModule
 from segkit.data.normalize import IMAGENET
 from segkit.data.rle_csv import RleCsvMasks, RleTable, read_rle_csv
@@ -101,14 +101,14 @@ class AirbusDataModule(RleCsvMasks, SegmentationDataModule):
         self.require_paths(self.images_path, self.csv_path)
         table = self.rle_table()
         present = set(os.listdir(self.images_path))
-        masks = self.work_dir / "masks"
         items, missing = [], []
         for image_id in table.ids:
             if image_id not in present:
                 missing.append(f"{self.csv_path}:{table.first_line[image_id]}: ImageId {image_id!r} "
                                f"has no image {self.images_path / image_id}")
                 continue
-            mask = masks / f"{image_id}.png" if table.has_mask(image_id) else None
+            # the mask of a ship image is its rows in the CSV; an image without ships has none
+            mask = self.csv_path if table.has_mask(image_id) else None
             items.append(Item(name=image_id, image=self.images_path / image_id, mask=mask, group=image_id))
         return Scan(items, missing=missing)
 
@@ -119,25 +119,16 @@ class AirbusDataModule(RleCsvMasks, SegmentationDataModule):
         return file_sha256(self.csv_path)
 
     def source_mask_decoder(self):
-        """Masks decoded from the CSV's RLE rows (checks and evaluation need no mask cache)."""
+        """Masks decoded from the CSV's RLE rows, for training, checks and evaluation alike."""
         return self.rle_decoder()
 
     # ------------------------------------------------------------ preparation
-    def _mask_cache(self) -> MaskCache:
-        """The mask cache of the ship images."""
-        return self.mask_cache({i.name: i.image for i in self.items() if i.mask is not None})
-
     def prepare_dataset(self) -> list[str]:
-        """Build the per-image mask cache (rank 0 only under DDP)."""
-        self._mask_cache()
-        return [self.describe_cache()]
+        """Decode every ship image's rows once (a bad row stops here, naming its line); writes
+        nothing per image."""
+        return [self.check_rle_rows({i.name: i.image for i in self.items() if i.mask is not None})]
 
     # ---------------------------------------------------------- split, sample
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_dataset is None:
-            self._mask_cache()
-        super().setup(stage)
-
     def split(self, items: list[Item]) -> tuple[list[int], list[int]]:
         """Stratified by ship / no ship; validation keeps a fixed share of its ship-free images."""
         has_ship = np.array([i.mask is not None for i in items], dtype=np.int64)

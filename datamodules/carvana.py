@@ -7,7 +7,7 @@
     <root>/train_masks.csv                    img,rle_mask — row-major (order "C") RLE over 1280x1918
 
 Masks come from the GIFs (``mask_source=gif``) or the CSV (``mask_source=csv``, decoded
-once into a PNG cache). Train and validation are split **by car**, never by image: the
+as each image loads). Train and validation are split **by car**, never by image: the
 16 views of a car are near-duplicates.
 """
 
@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from segkit.data.cache import MaskCache
 from segkit.data.datamodule import Item, Scan, SegmentationDataModule
 from segkit.data.datasets import MaskValues
 from segkit.data.io import list_files, read_mask
@@ -109,44 +108,35 @@ class CarvanaDataModule(RleCsvMasks, SegmentationDataModule):
 
     def _scan_csv(self, images: dict[str, Path], problems: list[str]) -> Scan:
         table = self.rle_table()
-        masks = self.work_dir / "masks"
         items, missing = [], []
         for name in table.ids:
             if name not in images:
                 missing.append(f"{self.csv_path}:{table.first_line[name]}: img {name!r} has no image {self.root / self.images_dir / name}")
                 continue
             path = images.pop(name)
-            items.append(Item(name=name, image=path, mask=masks / f"{name}.png", group=car_id(path.stem)))
+            items.append(Item(name=name, image=path, mask=self.csv_path, group=car_id(path.stem)))  # its CSV row
         missing += [f"{p}: image has no row in {self.csv_path}" for p in images.values()]
         return Scan(items, problems, missing)
 
     # ------------------------------------------------------------ preparation
-    def _mask_cache(self) -> MaskCache:
-        """The mask cache decoded from the CSV."""
-        return self.mask_cache({i.name: i.image for i in self.items()})
-
     def prepare_dataset(self) -> list[str]:
+        """``mask_source=csv``: decode every row once (a bad row stops here, naming its line);
+        writes nothing per image."""
         if self.mask_source == "gif":
             return []
-        self._mask_cache()
-        return [self.describe_cache()]
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_dataset is None and self.mask_source == "csv":
-            self._mask_cache()
-        super().setup(stage)
+        return [self.check_rle_rows({i.name: i.image for i in self.items()})]
 
     def mask_values(self) -> MaskValues:
         """GIF masks are read by their colours (car white = 255, see ``read_mask``); the CSV's
-        decoded masks and their cache are 0/1: both map to 0/1."""
+        decoded masks are 0/1: both map to 0/1."""
         return MaskValues(n_labels=2, ignore_index=self.ignore_index, scale_255=True)
 
     def source_mask_decoder(self):
-        """``mask_source=csv``: masks decoded from the CSV's RLE rows (checks and evaluation need no cache)."""
+        """``mask_source=csv``: masks decoded from the CSV's RLE rows (training, checks and evaluation)."""
         return self.rle_decoder() if self.mask_source == "csv" else None
 
     def check(self) -> list[str]:
-        """The base checks (the CSV's RLE decoded, never the cache); with ``mask_source=csv`` and
+        """The base checks (the CSV's RLE decoded); with ``mask_source=csv`` and
         GIFs present, also CSV mask == GIF mask."""
         problems = super().check()
         if self.mask_source == "csv" and (self.root / self.masks_dir).is_dir():

@@ -35,8 +35,8 @@ from segkit.data.datasets import ImageMaskDataset
 from segkit.data.io import image_size, read_image, temporary_path, write_bytes_atomic, write_json_atomic, write_png_atomic
 from segkit.data.normalize import IMAGENET
 from segkit.data.pairing import files_by_key, pair_by_key, stem
-from segkit.data.rasterize import polygon_area, rasterize_polygons
-from segkit.data.tiling import iter_patches
+from segkit.data.rasterize import polygon_area, rasterize_band, rasterize_polygons
+from segkit.data.tiling import axis_starts, pad_patch
 from segkit.errors import format_problems
 
 __all__ = ["DOTA_CLASSES", "DotaDataModule", "DotaObject", "parse_dota_labels", "rasterize_dota", "read_dota_labels"]
@@ -112,6 +112,13 @@ def rasterize_dota(
     Polygons reaching outside the image are clipped (with a warning naming file and line);
     degenerate ones (no area) are skipped with a warning.
     """
+    return rasterize_polygons(*dota_polygons(objects, shape, source, skip_difficult), shape)
+
+
+def dota_polygons(
+    objects: list[DotaObject], shape: tuple[int, int], source: str | os.PathLike, skip_difficult: bool = False
+) -> tuple[list[np.ndarray], list[int]]:
+    """The polygons and class indices :func:`rasterize_dota` draws (warnings as it gives them)."""
     height, width = shape
     polygons, labels = [], []
     for obj in objects:
@@ -125,7 +132,7 @@ def rasterize_dota(
             warnings.warn(f"{source}:{obj.line}: polygon reaches outside the {width}x{height} image; clipped", stacklevel=2)
         polygons.append(obj.polygon)
         labels.append(CLASS_INDEX[obj.category])
-    return rasterize_polygons(polygons, labels, shape)
+    return polygons, labels
 
 
 class DotaDataModule(SegmentationDataModule):
@@ -254,23 +261,28 @@ class DotaDataModule(SegmentationDataModule):
         done = f"cut {len(pairs)} scenes into {count} patches of {self.patch_size} px in {self.patch_dir}"
         return [done + (f" (continued an interrupted cut: {resumed} scenes were already done)" if resumed else "")]
 
-    def load_scene(self, image_path: Path, label_path: Path) -> tuple[np.ndarray, np.ndarray]:
-        """A scene's RGB image and its rasterised class mask."""
-        objects = read_dota_labels(label_path)
-        # a few DOTA scenes are grayscale: the shared channel policy makes them RGB, as prediction does
-        image = self.image_spec().conform(read_image(image_path, self.max_image_pixels), image_path)
-        mask = rasterize_dota(objects, image.shape[:2], label_path, self.skip_difficult)
-        return image, mask
-
     def _cut_scene(self, name: str, image_path: Path, label_path: Path):
-        image, mask = self.load_scene(image_path, label_path)
-        for y, x, image_patch, mask_patch in iter_patches(
-            image, mask, self.patch_size, self.overlap, pad_value=0, pad_label=self.ignore_index if self.ignore_index is not None else 0
-        ):
-            patch_name = f"{name}__{y}_{x}"
-            write_png_atomic(self.patch_dir / "images" / f"{patch_name}.png", np.ascontiguousarray(image_patch[:, :, ::-1]))
-            write_png_atomic(self.patch_dir / "masks" / f"{patch_name}.png", mask_patch)
-            yield patch_name, y, x
+        """Patches of one scene, a band of patch rows at a time: the class mask is drawn per
+        band (:func:`rasterize_band`, equal to the whole scene's mask), so the peak memory is
+        the decoded scene plus one band, not plus a whole-scene mask."""
+        objects = read_dota_labels(label_path)
+        image = self.image_spec().conform(read_image(image_path, self.max_image_pixels), image_path)
+        height, width = image.shape[:2]
+        polygons, labels = dota_polygons(objects, (height, width), label_path, self.skip_difficult)
+        pad_label = self.ignore_index if self.ignore_index is not None else 0
+        for y in axis_starts(height, self.patch_size, self.overlap):
+            band = rasterize_band(polygons, labels, height, width, (y, min(height, y + self.patch_size)))
+            for x in axis_starts(width, self.patch_size, self.overlap):
+                image_patch, mask_patch = pad_patch(image[y : y + self.patch_size, x : x + self.patch_size],
+                                                    band[:, x : x + self.patch_size], self.patch_size, 0, pad_label)
+                yield self._write_patch(name, y, x, image_patch, mask_patch)
+            del band
+
+    def _write_patch(self, name: str, y: int, x: int, image_patch: np.ndarray, mask_patch: np.ndarray) -> tuple[str, int, int]:
+        patch_name = f"{name}__{y}_{x}"
+        write_png_atomic(self.patch_dir / "images" / f"{patch_name}.png", np.ascontiguousarray(image_patch[:, :, ::-1]))
+        write_png_atomic(self.patch_dir / "masks" / f"{patch_name}.png", mask_patch)
+        return patch_name, y, x
 
     # ------------------------------------------------------------------ items
     def scan(self) -> Scan:

@@ -6,9 +6,12 @@ Writes into ``output``::
     probabilities/<stem>.npy    (K, H, W) float16, when save_probabilities
     overlays/<stem>.png         the image with the predicted classes drawn in, when save_overlays
     submission.csv              format=airbus | carvana, validated by decoding it back
+    submission.partial.jsonl    its rows as each image finishes, until the CSV is written
     predict.json                what ran: checkpoint, settings, counts, time, the images that failed
+    .segkit-predict.json        checkpoint, input and settings, for resume=true
 
-Nothing that exists is overwritten unless ``overwrite=true``; every file is written under a
+``resume=true`` continues an interrupted run into the same output, skipping the images it
+finished. Nothing that exists is overwritten unless ``overwrite=true``; every file is written under a
 temporary name and renamed into place. Hidden files (``.DS_Store``, macOS ``._x.jpg``
 resource forks) are not inputs; an image that cannot be read, or does not fit the model,
 is logged, listed in ``predict.json`` under ``failed`` and passed over — the run fails only
@@ -20,6 +23,7 @@ from __future__ import annotations
 import functools
 import glob
 import io
+import json
 import logging
 import os
 import time
@@ -189,6 +193,46 @@ def planned_outputs(files: list[Path], output: Path, cfg: DictConfig) -> dict[st
     return plan
 
 
+RUN_RECORD = ".segkit-predict.json"  # what wrote this folder: resume=true continues only the same run
+JOURNAL = "submission.partial.jsonl"  # a submission's rows as predicted, one line per image
+#: settings whose change changes what is written: a resume must keep them
+RESUME_KEYS = ("format", "save_masks", "save_probabilities", "save_overlays", "postprocess", "binary_value", "submission",
+               "tile", "overlap", "blend", "tta", "threshold", "precision", "recursive")
+
+
+def _run_record(paths: list[Path], cfg: DictConfig) -> dict[str, Any]:
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    return {"checkpoint": [str(Path(p).resolve()) for p in paths], "input": str(cfg.input),
+            "settings": {key: settings.get(key) for key in RESUME_KEYS}}
+
+
+def _check_resumable(output: Path, record: dict[str, Any]) -> None:
+    """``resume=true``: refuse unless ``output`` holds an earlier run of the same checkpoint,
+    input and settings (naming what differs)."""
+    path = output / RUN_RECORD
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"resume=true: {output} holds no segkit-predict run to continue (no {RUN_RECORD}); leave resume out to start one"
+        )
+    earlier = json.loads(path.read_text())
+    differ = [key for key in ("checkpoint", "input") if earlier.get(key) != record[key]]
+    differ += [f"{key} (was {earlier.get('settings', {}).get(key)!r}, now {value!r})"
+               for key, value in record["settings"].items() if earlier.get("settings", {}).get(key) != value]
+    if differ:
+        raise ValueError(
+            f"resume=true: {output} was written by a run with other settings: {'; '.join(differ)}. Resume with the "
+            "same ckpt, input and settings, or write into another output folder"
+        )
+
+
+def _left_to_do(files: list[Path], plan: dict[str, list[Path]], submission: SubmissionWriter | None) -> list[int]:
+    """The images an interrupted run did not finish: one of their files is missing, or (with a
+    submission) their rows are not in its journal."""
+    per_image = [plan[kind] for kind in ("masks", "probabilities", "overlays") if kind in plan]
+    return [i for i, file in enumerate(files)
+            if not all(paths[i].exists() for paths in per_image) or (submission is not None and file.name not in submission.done)]
+
+
 def run_predict(cfg: DictConfig) -> dict[str, Any]:
     """Predict every input image; returns the content of ``predict.json``."""
     from tqdm.auto import tqdm
@@ -212,15 +256,33 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     files = collect_inputs(str(cfg.input), bool(cfg.recursive))
     output = Path(str(cfg.output))
     plan = planned_outputs(files, output, cfg)
-    refuse_overwrite([p for paths in plan.values() for p in paths], bool(cfg.overwrite))
+    journal = output / JOURNAL if fmt in FORMATS else None
+    record = _run_record(paths, cfg)
+    resume = bool(cfg.get("resume", False))
+    if resume:
+        _check_resumable(output, record)
+    else:
+        if journal is not None and journal.exists() and not cfg.overwrite:
+            raise FileExistsError(
+                f"{journal}: an interrupted segkit-predict run left the submission rows it had predicted here: "
+                "resume=true continues it (the images it finished are skipped), overwrite=true starts again"
+            )
+        refuse_overwrite([p for paths in plan.values() for p in paths], bool(cfg.overwrite))
     claim_run_dir(output, "output")  # writable, and no other live segkit process writing into it
+    write_json_atomic(output / RUN_RECORD, record)
     predictor = build_predictor(members, cfg)
     max_pixels = cfg.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
-    check_headers(files, max_pixels)
     submission = (
-        SubmissionWriter(fmt, output / "submission.csv", int(cfg.submission.min_size), int(cfg.submission.connectivity))
+        SubmissionWriter(fmt, output / "submission.csv", int(cfg.submission.min_size), int(cfg.submission.connectivity),
+                         journal=journal, resume=resume)
         if fmt in FORMATS else None
     )
+    todo = list(range(len(files)))
+    if resume:
+        todo = _left_to_do(files, plan, submission)
+        log.info("resume=true: %d of %d image(s) were finished by the interrupted run; predicting the other %d",
+                 len(files) - len(todo), len(files), len(todo))
+    check_headers([files[i] for i in todo], max_pixels)
     binary = loaded.num_classes == 1
     model = str(paths[0]) if len(paths) == 1 else f"an ensemble of {len(paths)} checkpoints ({', '.join(map(str, paths))})"
     log.info("predicting %d image(s) with %s on %s (precision %s, tile %d, TTA %s%s)", len(files), model,
@@ -229,7 +291,8 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     pixels, predicted = 0, 0
     failed: list[dict[str, str]] = []
     load = functools.partial(load_input, preprocessing=predictor.preprocessing, max_pixels=max_pixels)
-    for i, (file, image) in enumerate(tqdm(iter_images(files, int(cfg.readers), load), total=len(files), unit="img", desc="predict")):
+    images = iter_images([files[i] for i in todo], int(cfg.readers), load)
+    for i, (file, image) in zip(todo, tqdm(images, total=len(todo), unit="img", desc="predict")):
         if isinstance(image, Exception):
             if len(files) == 1:
                 raise image
@@ -244,8 +307,6 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
         if min_sizes is not None:
             labels = apply_min_sizes(labels, min_sizes, connectivity)
         pixels += labels.size
-        if submission is not None:
-            submission.add(file.name, labels > 0)
         if with_masks:
             mask_path = plan["masks"][i]
             values = labels * np.uint8(cfg.binary_value) if binary else labels
@@ -253,21 +314,25 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
         if cfg.save_overlays:
             drawn = overlay(image, labels, label_count(loaded.num_classes), class_names=loaded.class_names)
             write_png_atomic(plan["overlays"][i], drawn[:, :, ::-1])
-    if not predicted:
+        if submission is not None and file.name not in submission.done:
+            submission.add(file.name, labels > 0)  # last: a row in the journal means the image is finished
+    resumed = len(files) - len(todo)
+    if not predicted and not resumed:
         raise ValueError(format_problems([f["error"] for f in failed], f"none of the {len(files)} input images could be predicted:"))
     settings = OmegaConf.to_container(cfg, resolve=True)
     per_image = {"masks", "probabilities", "overlays"}
     summary: dict[str, Any] = {
         "checkpoint": str(paths[0]) if len(paths) == 1 else [str(p) for p in paths],
         "input": str(cfg.input),
-        "images": predicted,
+        "images": predicted + resumed,
+        "resumed": resumed,  # finished by an interrupted run (resume=true), not predicted again
         "megapixels": round(pixels / 1e6, 3),
         "windows": predictor.windows_run,
         "device": str(predictor.device),
         "settings": {**{k: settings.get(k) for k in ("tile", "overlap", "blend", "batch_size", "tta", "threshold", "format",
                                                              "postprocess")},
                      "precision": predictor.precision},  # as used (auto resolved)
-        "outputs": {kind: predicted if kind in per_image else len(paths) for kind, paths in plan.items()},
+        "outputs": {kind: predicted + resumed if kind in per_image else len(paths) for kind, paths in plan.items()},
         "failed": failed,
     }
     if submission is not None:

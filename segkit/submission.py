@@ -14,17 +14,20 @@ decodes to exactly the predicted masks is renamed into place.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
+import itertools
+import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 
-from segkit.data.io import write_bytes_atomic
+from segkit.data.io import temporary_path
 from segkit.data.rle import rle_decode, rle_encode
 
 __all__ = ["FORMATS", "SubmissionWriter", "ship_components"]
@@ -63,9 +66,14 @@ class SubmissionWriter:
         path: the CSV to write.
         min_size: airbus: components smaller than this many pixels are dropped.
         connectivity: airbus: 4 or 8 (pixels touching at a corner are one ship with 8).
+        journal: a file the rows go to as each image is added (one JSON line per image, flushed),
+            instead of memory: memory stays flat over 100,000 images, and an interrupted run
+            leaves what it predicted. ``resume``: keep the journal's complete lines (a last line
+            cut off by a kill is dropped) and say which images they hold (:attr:`done`).
     """
 
-    def __init__(self, kind: str, path: str | os.PathLike, min_size: int = 0, connectivity: int = 8) -> None:
+    def __init__(self, kind: str, path: str | os.PathLike, min_size: int = 0, connectivity: int = 8,
+                 journal: str | os.PathLike | None = None, resume: bool = False) -> None:
         if kind not in FORMATS:
             raise ValueError(f"unknown submission format {kind!r}; available: {', '.join(FORMATS)}")
         if connectivity not in (4, 8):
@@ -75,8 +83,34 @@ class SubmissionWriter:
         self.path = Path(path)
         self.min_size = min_size
         self.connectivity = connectivity
-        self.rows: list[tuple[str, str]] = []
+        self.rows: list[tuple[str, str]] = []  # without a journal
         self.expected: dict[str, tuple[tuple[int, int], str]] = {}
+        self.journal = Path(journal) if journal is not None else None
+        self._handle = None
+        if self.journal is not None:
+            if resume and self.journal.is_file():
+                self._read_journal()
+            self.journal.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = self.journal.open("a" if resume else "w", encoding="utf-8")
+
+    @property
+    def done(self) -> set[str]:
+        """The images added so far (a resumed journal's included)."""
+        return set(self.expected)
+
+    def _read_journal(self) -> None:
+        kept = 0
+        with self.journal.open("rb") as handle:
+            for raw in handle:
+                try:
+                    entry = json.loads(raw) if raw.endswith(b"\n") else None
+                except ValueError:
+                    entry = None
+                if entry is None:
+                    break  # cut off by the kill that interrupted the run: that image is predicted again
+                self.expected[entry["id"]] = (tuple(entry["shape"]), entry["digest"])
+                kept += len(raw)
+        os.truncate(self.journal, kept)
 
     def add(self, image_id: str, mask: np.ndarray) -> np.ndarray:
         """Add an image's binary ``(H, W)`` mask; returns the mask the rows encode (airbus:
@@ -96,51 +130,93 @@ class SubmissionWriter:
         else:
             kept = mask
             rows = [rle_encode(mask, order=fmt.order)]
-        self.rows.extend((image_id, rle) for rle in rows)
-        self.expected[image_id] = (mask.shape, _digest(kept))
+        digest = _digest(kept)
+        if self._handle is not None:
+            self._handle.write(json.dumps({"id": image_id, "rows": rows, "shape": list(mask.shape), "digest": digest}) + "\n")
+            self._handle.flush()
+        else:
+            self.rows.extend((image_id, rle) for rle in rows)
+        self.expected[image_id] = (mask.shape, digest)
         return kept
 
-    def close(self) -> dict[str, int]:
-        """Write, decode back, compare, move into place; returns row and image counts."""
-        fmt = self.format
-        frame = pd.DataFrame(self.rows, columns=[fmt.id_column, fmt.rle_column])
-        buffer = io.StringIO()
-        frame.to_csv(buffer, index=False)
-        data = buffer.getvalue().encode()
-        self.validate(data)
-        write_bytes_atomic(self.path, data)
-        return {"rows": len(frame), "images": len(self.expected), "empty_images": int((frame[fmt.rle_column] == "").sum())}
+    def _all_rows(self) -> Iterator[tuple[str, str]]:
+        if self.journal is None:
+            yield from self.rows
+            return
+        with self.journal.open(encoding="utf-8") as handle:
+            for line in handle:
+                entry = json.loads(line)
+                for rle in entry["rows"]:
+                    yield entry["id"], rle
 
-    def validate(self, data: bytes) -> None:
-        """Decode every row of the CSV bytes and compare with the masks that were added."""
+    def close(self) -> dict[str, int]:
+        """Write the CSV under a temporary name, decode it back and compare, move it into place
+        (then the journal goes); returns row and image counts. Streams: memory stays flat."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
         fmt = self.format
-        frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
-        if list(frame.columns) != [fmt.id_column, fmt.rle_column]:
-            raise AssertionError(f"{self.path}: header {list(frame.columns)} is not {[fmt.id_column, fmt.rle_column]}")
+        tmp = temporary_path(self.path)
+        rows = empty = 0
+        try:
+            with tmp.open("w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle, lineterminator="\n")
+                writer.writerow([fmt.id_column, fmt.rle_column])
+                for image_id, rle in self._all_rows():
+                    writer.writerow([image_id, rle])
+                    rows += 1
+                    empty += rle == ""
+            self.validate(tmp)
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        if self.journal is not None:
+            self.journal.unlink(missing_ok=True)
+        return {"rows": rows, "images": len(self.expected), "empty_images": empty}
+
+    def validate(self, data: bytes | Path) -> None:
+        """Decode every row of the CSV (bytes, or a file read line by line) and compare with
+        the masks that were added."""
+        fmt = self.format
+        handle = io.StringIO(data.decode("utf-8")) if isinstance(data, bytes) else open(data, newline="", encoding="utf-8")  # noqa: SIM115 — closed by the with below
         problems: list[str] = []
-        found = set()
-        for image_id, group in frame.groupby(fmt.id_column, sort=False):
-            found.add(image_id)
-            if image_id not in self.expected:
-                problems.append(f"{image_id}: in the file but never predicted")
-                continue
-            shape, digest = self.expected[image_id]
-            union = np.zeros(shape, bool)
-            encoded = [r for r in group[fmt.rle_column] if r != ""]
-            if len(encoded) != len(group) and (encoded or len(group) > 1):
-                problems.append(f"{image_id}: an empty row beside other rows")
-            if not fmt.per_component and len(group) != 1:
-                problems.append(f"{image_id}: {len(group)} rows, {self.kind} wants one per image")
-            for rle in encoded:
-                decoded = rle_decode(rle, shape, order=fmt.order).astype(bool)
-                if (union & decoded).any():
-                    problems.append(f"{image_id}: rows overlap (Kaggle refuses overlapping ships)")
-                union |= decoded
-            if _digest(union) != digest:
-                problems.append(f"{image_id}: the rows do not decode to the predicted mask")
+        found: set[str] = set()
+        with handle:
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            if header != [fmt.id_column, fmt.rle_column]:
+                raise AssertionError(f"{self.path}: header {header} is not {[fmt.id_column, fmt.rle_column]}")
+            for image_id, group in itertools.groupby(reader, key=lambda row: row[0]):
+                rles = [row[1] if len(row) > 1 else "" for row in group]
+                if image_id in found:
+                    problems.append(f"{image_id}: its rows are not together (it appears twice)")
+                    continue
+                found.add(image_id)
+                problems += self._check_image(image_id, rles)
         problems += [f"{i}: predicted but missing from the file" for i in self.expected if i not in found]
         if problems:
             raise AssertionError(
                 f"{self.path}: the {self.kind} submission does not decode back to the predictions "
                 f"({len(problems)} problem(s)); nothing written:\n  " + "\n  ".join(problems[:10])
             )
+
+    def _check_image(self, image_id: str, rles: list[str]) -> list[str]:
+        fmt = self.format
+        if image_id not in self.expected:
+            return [f"{image_id}: in the file but never predicted"]
+        problems = []
+        shape, digest = self.expected[image_id]
+        union = np.zeros(shape, bool)
+        encoded = [r for r in rles if r != ""]
+        if len(encoded) != len(rles) and (encoded or len(rles) > 1):
+            problems.append(f"{image_id}: an empty row beside other rows")
+        if not fmt.per_component and len(rles) != 1:
+            problems.append(f"{image_id}: {len(rles)} rows, {self.kind} wants one per image")
+        for rle in encoded:
+            decoded = rle_decode(rle, shape, order=fmt.order).astype(bool)
+            if (union & decoded).any():
+                problems.append(f"{image_id}: rows overlap (Kaggle refuses overlapping ships)")
+            union |= decoded
+        if _digest(union) != digest:
+            problems.append(f"{image_id}: the rows do not decode to the predicted mask")
+        return problems

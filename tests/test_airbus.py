@@ -1,4 +1,6 @@
+import json
 import os
+import pickle
 import shutil
 from functools import partial
 
@@ -97,37 +99,66 @@ def test_split_is_deterministic_stratified_and_row_order_free(airbus, tmp_path):
     assert seeded.val_dataset.names != first.val_dataset.names
 
 
-def test_mask_cache_is_reused_and_rebuilt_when_the_csv_changes(airbus, tmp_path):
+def test_masks_are_decoded_from_the_csv_rows_with_nothing_written_per_image(airbus, tmp_path):
+    """No mask cache: preparation decodes every ship image's rows once (kept as checked by the
+    CSV's hash), writes one small record, and masks follow the CSV when it changes."""
     dm = make_dm(airbus.root, tmp_path)
     dm.prepare_data()
-    cache_files = sorted((tmp_path / "work" / "masks").glob("*.png"))
-    assert len(cache_files) == 12  # one per ship image, none for background
-    mtimes = [f.stat().st_mtime_ns for f in cache_files]
-    make_dm(airbus.root, tmp_path).prepare_data()
-    assert [f.stat().st_mtime_ns for f in cache_files] == mtimes  # reused, not rewritten
+    written = sorted(p.relative_to(tmp_path / "work").as_posix() for p in (tmp_path / "work").rglob("*") if p.is_file())
+    assert written == ["rle_rows_checked.json"]
+    assert json.loads((tmp_path / "work" / "rle_rows_checked.json").read_text())["images"] == 12  # the ship images
+    assert "checked before" in make_dm(airbus.root, tmp_path).prepare()[0]
 
-    # drop the last ship of one image: the cache must follow the CSV
+    # drop the last ship of one image: the mask follows the CSV, and the rows are checked again
     frame = pd.read_csv(airbus.csv_path, keep_default_na=False)
     image_id = next(i for i, ships in airbus.ships.items() if len(ships) == 2)
     row = frame.index[frame.ImageId == image_id][-1]
     frame.drop(index=row).to_csv(airbus.csv_path, index=False)
     dm = make_dm(airbus.root, tmp_path)
+    assert "checked the RLE rows of 12 images" in dm.prepare()[0]
     dm.setup("fit")
     dataset = dm.train_dataset if image_id in dm.train_dataset.names else dm.val_dataset
     sample = dataset[dataset.names.index(image_id)]
     np.testing.assert_array_equal(sample["mask"].numpy(), airbus.ships[image_id][0])
 
 
-def test_interrupted_cache_build_is_completed(airbus, tmp_path):
-    dm = make_dm(airbus.root, tmp_path)
-    dm.prepare_data()
-    masks = sorted((tmp_path / "work" / "masks").glob("*.png"))
-    manifest = tmp_path / "work" / "masks" / "manifest.json"
-    manifest.write_text(manifest.read_text().replace('"complete": true', '"complete": false'))
-    for path in masks[:5]:
-        path.unlink()
-    make_dm(airbus.root, tmp_path).prepare_data()
-    assert sorted((tmp_path / "work" / "masks").glob("*.png")) == masks
+def test_a_bad_rle_row_stops_preparation_naming_its_line(airbus, tmp_path):
+    lines = airbus.csv_path.read_text().splitlines()
+    at = next(k for k, line in enumerate(lines) if k and line.split(",")[1])
+    image_id, rle = lines[at].split(",")
+    lines[at] = f"{image_id},{rle} 999999 5"  # a run past the 64x64 image
+    airbus.csv_path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=rf"train_ship_segmentations_v2.csv:{at + 1}: '{image_id}': bad RLE for a 64x64 image"):
+        make_dm(airbus.root, tmp_path).prepare_data()
+    assert not (tmp_path / "work" / "rle_rows_checked.json").exists()  # not recorded as checked
+
+
+def _reference_mask(rles, shape):
+    """Runs set one by one into a flat column-major array: independent of segkit.data.rle."""
+    flat = np.zeros(shape[0] * shape[1], np.uint8)
+    for rle in rles:
+        tokens = [int(t) for t in rle.split()]
+        for start, length in zip(tokens[0::2], tokens[1::2]):
+            flat[start - 1:start - 1 + length] = 1
+    return flat.reshape(shape, order="F")
+
+
+def test_the_shared_decoder_equals_a_reference_for_every_real_airbus_row(tmp_path):
+    """Every row of the real CSV sample, through the compact decoder the loader workers share
+    (and pickled, as a spawned worker receives it), against an independent decode."""
+    folder = realdata("airbus")
+    from segkit.data.rle_csv import CompactRle
+
+    table = read_airbus_csv(folder / "train_ship_segmentations_v2.csv")
+    frame = pd.read_csv(folder / "train_ship_segmentations_v2.csv", keep_default_na=False)
+    decoder = pickle.loads(pickle.dumps(CompactRle(table, "F")))
+    assert len(table.ids) >= 10 and sum(len(rows) for rows in table.rows.values()) >= 20
+    for image_id in table.ids:
+        rles = [r for r in frame[frame.ImageId == image_id].EncodedPixels if r]
+        mask = decoder(image_id, (768, 768))
+        np.testing.assert_array_equal(mask, _reference_mask(rles, (768, 768)), err_msg=image_id)
+        assert decoder.has_mask(image_id) == bool(rles) and (mask.any() == bool(rles))
+        assert [line for line, _ in decoder.rows(image_id)] == [line for line, _ in table.rows.get(image_id, [])]
 
 
 def test_read_airbus_csv_groups_rows(airbus):
@@ -229,3 +260,10 @@ def test_real_airbus_sample(tmp_path):
         np.testing.assert_array_equal(sample["mask"].numpy(), expected)
     one_ship = dm.train_dataset.names.index("0a1b7d6ec.jpg")
     assert int(dm.train_dataset[one_ship]["mask"].sum()) == 377
+    # the same masks from loader workers (forked, sharing the compact tables)
+    loader = torch.utils.data.DataLoader(dm.train_dataset, batch_size=1, num_workers=2)
+    for batch in loader:
+        expected = np.zeros((768, 768), np.uint8)
+        for rle in frame[frame.ImageId == batch["name"][0]].EncodedPixels:
+            expected |= _reference_mask([rle] if rle else [], (768, 768))
+        np.testing.assert_array_equal(batch["mask"][0].numpy(), expected)

@@ -79,6 +79,35 @@ def test_unreadable_files_are_named(tmp_path):
         read_mask(tmp_path / "rgb.png")
 
 
+def test_a_large_png_is_decoded_from_its_file_the_same_as_from_its_bytes(tmp_path, monkeypatch):
+    """Above LARGE_FILE_BYTES a PNG is decoded by OpenCV from the file (its encoded bytes never
+    held beside its pixels): the same pixels, colour order, channels, errors and limits."""
+    import segkit.data.io
+
+    rng = np.random.default_rng(3)
+    images = {"rgb": rng.integers(0, 255, (9, 7, 3), np.uint8), "rgba": rng.integers(0, 255, (5, 6, 4), np.uint8),
+              "gray": rng.integers(0, 255, (4, 3), np.uint8), "deep": rng.integers(0, 65535, (4, 4, 3), np.uint16)}
+    for name, array in images.items():
+        cv2.imwrite(str(tmp_path / f"{name}.png"), array)
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG garbage")
+    small = {name: read_image(tmp_path / f"{name}.png") for name in images}
+    monkeypatch.setattr(segkit.data.io, "LARGE_FILE_BYTES", 0)
+    calls = []
+    real_imread = cv2.imread
+    monkeypatch.setattr(segkit.data.io.cv2, "imread", lambda *a: calls.append(a[0]) or real_imread(*a))
+    for name in images:
+        large = read_image(tmp_path / f"{name}.png")
+        assert large.dtype == small[name].dtype and np.array_equal(large, small[name]), name
+    assert len(calls) == len(images)
+    np.testing.assert_array_equal(read_image(tmp_path / "rgb.png")[..., 0], images["rgb"][..., 2])  # RGB from BGR
+    with pytest.raises(ValueError, match="bad.png: cannot decode image"):
+        read_image(tmp_path / "bad.png")
+    with pytest.raises(ValueError, match=r"rgb.png: the header says 7x9 = 63 pixels, above the limit of 10"):
+        read_image(tmp_path / "rgb.png", max_pixels=10)
+    with pytest.raises(FileNotFoundError, match="nope.png: file not found"):
+        read_image(tmp_path / "nope.png")
+
+
 def test_image_size_reads_the_header(tmp_path):
     cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((30, 50, 3), np.uint8))
     assert image_size(tmp_path / "a.jpg") == (30, 50)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from datamodules.dota import DOTA_CLASSES, DotaDataModule, parse_dota_labels, rasterize_dota
-from segkit.data.io import read_mask
-from segkit.data.tiling import axis_starts, patch_grid
+from segkit.data.io import read_image, read_mask
+from segkit.data.tiling import axis_starts, iter_patches, patch_grid
 from tests.conftest import realdata
 from tests.fixtures.dota import write_dota, write_dota_scene
 from tests.helpers import assert_augmentation_keeps_alignment, assert_samples, compose_config, make_datamodule
@@ -113,6 +113,37 @@ def test_patches_reassemble_into_the_scene_masks(tmp_path):
         if height < 64 and width < 64:  # one patch, padded below and to the right with ignore_index (255)
             assert mine == [{"patch": f"{name}__0_0", "source": name, "y": "0", "x": "0"}]
             assert (canvas[height:] == 255).all() and (canvas[:, width:] == 255).all()
+
+
+def test_a_large_scene_cut_band_by_band_gives_the_patches_of_the_whole_scene(tmp_path):
+    """Preparation draws the class mask one band of patch rows at a time; every image and mask
+    patch equals the one cut from the whole scene and its whole mask. Hundreds of rotated
+    boxes, of all sizes, cross band and patch borders, and some the scene's edges (clipped)."""
+    rng = np.random.default_rng(7)
+    height, width = 1100, 900
+    image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    objects = []
+    for k in range(500):
+        centre = rng.uniform([-40, -40], [width + 40, height + 40])
+        size = rng.uniform(3, 400 if k % 40 == 0 else 60, 2)
+        angle = rng.uniform(0, np.pi)
+        box = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * size / 2
+        rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        objects.append((np.round(box @ rotation.T + centre), DOTA_CLASSES[1 + k % 15], 0))
+    write_dota_scene(tmp_path / "d", "P0001", image, objects)
+    dm = make_dm(tmp_path / "d", tmp_path, patch_size=256, overlap=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the boxes reaching outside the scene, clipped
+        dm.prepare_dataset()
+        parsed, _ = parse_dota_labels(tmp_path / "d" / "labelTxt" / "P0001.txt")
+        whole = rasterize_dota(parsed, (height, width), "P0001")
+    assert len(np.unique(whole)) > 10
+    expected = {f"P0001__{y}_{x}": (img, msk) for y, x, img, msk in iter_patches(image, whole, 256, 40, 0, 0)}
+    written = sorted(p.stem for p in (dm.patch_dir / "masks").glob("*.png"))
+    assert written == sorted(expected) and len(written) == 5 * 4
+    for name in written:
+        np.testing.assert_array_equal(read_mask(dm.patch_dir / "masks" / f"{name}.png"), expected[name][1], err_msg=name)
+        np.testing.assert_array_equal(read_image(dm.patch_dir / "images" / f"{name}.png"), expected[name][0], err_msg=name)
 
 
 @pytest.mark.parametrize("ignore_index", [255, 99])

@@ -123,6 +123,55 @@ def test_airbus_submission_decodes_to_the_written_masks(ckpt, images, tmp_path):
             assert len(group) == 1 and group.EncodedPixels.item() == ""
 
 
+def test_an_interrupted_submission_run_is_resumed_to_the_same_files(ckpt, images, tmp_path, monkeypatch):
+    """A run killed after 2 of 4 images keeps their masks and submission rows (journal, one line
+    per image; a half-written last line is dropped). resume=true predicts only the other 2 and
+    gives the same submission and masks as a run never interrupted."""
+    import segkit.predict
+
+    small = tmp_path / "inputs"
+    small.mkdir()
+    for source in sorted(images.glob("*.jpg")):
+        (small / source.name).write_bytes(source.read_bytes())
+    images = small
+    whole = tmp_path / "whole"
+    predict(ckpt, images, whole, "format=airbus", "save_masks=true")
+    out = tmp_path / "out"
+    real, calls = segkit.predict.load_input, []
+
+    def dies_at_the_third(file, **kwargs):
+        calls.append(file.name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # what a Ctrl-C or a job's time limit leaves
+        return real(file, **kwargs)
+
+    monkeypatch.setattr(segkit.predict, "load_input", dies_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        predict(ckpt, images, out, "format=airbus", "save_masks=true", "readers=0")
+    journal = out / "submission.partial.jsonl"
+    assert len(journal.read_text().splitlines()) == 2 and not (out / "submission.csv").exists()
+    with journal.open("a") as handle:
+        handle.write('{"id": "cut-off')  # the kill came mid-line
+    monkeypatch.setattr(segkit.predict, "load_input", real)
+
+    with pytest.raises(FileExistsError, match="an interrupted segkit-predict run left .* resume=true continues it"):
+        predict(ckpt, images, out, "format=airbus", "save_masks=true")
+    with pytest.raises(ValueError, match=r"resume=true: .* other settings: threshold \(was None, now 0.3\)"):
+        predict(ckpt, images, out, "format=airbus", "save_masks=true", "resume=true", "threshold=0.3")
+    with pytest.raises(FileNotFoundError, match="holds no segkit-predict run to continue"):
+        predict(ckpt, images, tmp_path / "empty", "resume=true")
+
+    predicted = []
+    monkeypatch.setattr(segkit.predict, "load_input", lambda file, **kw: predicted.append(file.name) or real(file, **kw))
+    summary = predict(ckpt, images, out, "format=airbus", "save_masks=true", "resume=true")
+    assert len(predicted) == 2 and not set(predicted) & set(calls[:2])
+    assert summary["images"] == 4 and summary["resumed"] == 2 and summary["submission"]["images"] == 4
+    assert (out / "submission.csv").read_bytes() == (whole / "submission.csv").read_bytes()
+    assert not journal.exists()
+    for mask in (whole / "masks").iterdir():
+        assert (out / "masks" / mask.name).read_bytes() == mask.read_bytes()
+
+
 def test_carvana_submission(ckpt, images, tmp_path):
     out = tmp_path / "sub"
     predict(ckpt, images, out, "format=carvana", "save_masks=true")

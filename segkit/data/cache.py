@@ -1,22 +1,15 @@
-"""On-disk caches of per-image masks derived from a source file (e.g. an RLE CSV)."""
+"""Where derived files live, and the fingerprints that say when they are out of date."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
+__all__ = ["default_cache_dir", "file_sha256", "stat_fingerprint"]
 
-from segkit.data.io import write_json_atomic, write_png_atomic
-
-__all__ = ["MaskCache", "default_cache_dir", "file_sha256", "stat_fingerprint"]
-
-MANIFEST = "manifest.json"
 log = logging.getLogger(__name__)
 
 
@@ -50,65 +43,3 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         while block := handle.read(chunk):
             sha.update(block)
     return sha.hexdigest()
-
-
-class MaskCache:
-    """Masks stored as PNG files ``<directory>/<key>.png``, valid for one source fingerprint.
-
-    ``manifest.json`` records the fingerprint of the source the masks were made from and
-    whether the build finished. A changed source clears the cache; a build that was
-    interrupted is completed on the next call (each PNG is written atomically, so every
-    file present is whole).
-    """
-
-    def __init__(self, directory: str | os.PathLike, fingerprint: str) -> None:
-        self.directory = Path(directory)
-        self.fingerprint = fingerprint
-
-    def path(self, key: str) -> Path:
-        return self.directory / f"{key}.png"
-
-    def _manifest(self) -> dict | None:
-        try:
-            return json.loads((self.directory / MANIFEST).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-
-    def _write_manifest(self, complete: bool, count: int) -> None:
-        write_json_atomic(self.directory / MANIFEST, {"fingerprint": self.fingerprint, "complete": complete, "masks": count})
-
-    def describe(self, written: int) -> str:
-        """What the last :meth:`build` did, for ``segkit-prepare``."""
-        if written:
-            return f"mask cache {self.directory}: wrote {written} masks"
-        return f"mask cache {self.directory} is up to date: nothing to do"
-
-    def is_complete(self) -> bool:
-        manifest = self._manifest()
-        return bool(manifest and manifest["fingerprint"] == self.fingerprint and manifest["complete"])
-
-    def build(self, keys: Iterable[str], make_mask: Callable[[str], np.ndarray]) -> int:
-        """Write the mask of every key not yet cached; return how many were written."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        manifest = self._manifest()
-        if manifest is None or manifest["fingerprint"] != self.fingerprint:
-            for stale in self.directory.glob("*.png"):
-                stale.unlink()
-            self._write_manifest(complete=False, count=0)
-        keys = list(keys)
-        log.info("mask cache %s: writing masks of %d images (once per source)", self.directory, len(keys))
-        started = time.perf_counter()
-        from tqdm.auto import tqdm
-
-        written = total = 0
-        for key in tqdm(keys, desc=f"mask cache {self.directory.name}", unit="mask", mininterval=1.0):
-            total += 1
-            target = self.path(key)
-            if target.exists():
-                continue
-            write_png_atomic(target, make_mask(key))
-            written += 1
-        self._write_manifest(complete=True, count=total)
-        log.info("mask cache %s: %d written, %d reused, %.1f s", self.directory, written, total - written,
-                 time.perf_counter() - started)
-        return written

@@ -41,6 +41,7 @@ from segkit.data.io import DEFAULT_MAX_IMAGE_PIXELS, require_writable, write_jso
 from segkit.data.normalize import Normalizer
 from segkit.data.sampling import EpochShuffleSampler, RepeatFactorSampler, ShardSampler, repeat_factors
 from segkit.data.splits import group_kfold, group_split
+from segkit.data.table import freeze_before_fork, init_loader_worker
 from segkit.data.transforms import build_pipeline, wants_class_frequencies
 from segkit.errors import format_problems
 
@@ -529,6 +530,7 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
             transform=build_pipeline(self.image_size, augment, self.pad_multiple, fill, self.class_frequencies(augment)),
             image_spec=self.image_spec(),
             mask_values=self.mask_values(),
+            mask_decoder=self.source_mask_decoder(),
             on_bad_file=self.on_bad_file,
         )
 
@@ -549,10 +551,9 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
         )
 
     def source_mask_decoder(self) -> Callable[[str, tuple[int, int]], np.ndarray] | None:
-        """``decoder(name, shape) -> mask`` straight from the dataset's own files, for datasets
-        whose training masks are a derived cache (Airbus and Carvana RLE rows): checks and
-        evaluation then read the sources, never a cache that may not be built yet. ``None``:
-        the items' mask files are the sources."""
+        """``decoder(name, shape) -> mask`` for datasets whose masks are not files of their own
+        (Airbus and Carvana RLE rows, decoded as each image loads): training, checks and
+        evaluation all use it. ``None``: the items' mask files are the masks."""
         return None
 
     def setup(self, stage: str | None = None) -> None:
@@ -611,6 +612,8 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
         return self.prepare_batch(batch)
 
     def _loader(self, dataset: ImageMaskDataset, **kwargs: Any) -> DataLoader:
+        if self.num_workers > 0:
+            freeze_before_fork()  # what the workers inherit stays shared (segkit.data.table)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -620,6 +623,7 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
             # worker seeds come from this generator, not the global RNG, so creating an
             # iterator never shifts the global random stream (dropout) of a resumed run
             generator=torch.Generator().manual_seed(self.seed),
+            worker_init_fn=init_loader_worker if self.num_workers > 0 else None,
             **kwargs,
         )
 

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from segkit.data.io import DEFAULT_MAX_IMAGE_PIXELS, conform_channels, image_size, read_image, read_mask
+from segkit.data.table import PathColumn, StringColumn
 from segkit.data.transforms import to_sample
 from segkit.errors import DataFileError
 
@@ -146,9 +147,11 @@ class ImageMaskDataset(Dataset):
             raise ValueError("names, image_paths and mask_paths must have the same length")
         if on_bad_file not in BAD_FILE_POLICIES:
             raise ValueError(f"data.on_bad_file must be one of {', '.join(BAD_FILE_POLICIES)}, got {on_bad_file!r}")
-        self.names = list(names)
-        self.image_paths = list(image_paths)
-        self.mask_paths = list(mask_paths)
+        # compact columns, not lists of objects: loader workers then share them with the
+        # parent instead of copying them page by page (segkit.data.table)
+        self.names = StringColumn(names)
+        self.image_paths = PathColumn(image_paths)
+        self.mask_paths = PathColumn(mask_paths)
         self.transform = transform
         self.image_spec = image_spec
         self.mask_values = mask_values

@@ -26,6 +26,8 @@ __all__ = [
 # decoder allocates. 500 megapixels: above the largest DOTA scenes (20000 x 20000).
 # Configurable per dataset (data.max_image_pixels) and for prediction.
 DEFAULT_MAX_IMAGE_PIXELS = 500_000_000
+#: PNGs larger than this are decoded from the file rather than from bytes read first
+LARGE_FILE_BYTES = 64 * 2**20
 # PIL's own guard (warning above 89 MP, error above 179 MP) would refuse real DOTA scenes in
 # image_size(); segkit applies the limit above instead
 Image.MAX_IMAGE_PIXELS = None
@@ -92,13 +94,14 @@ def apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def _header(path: Path, data: bytes, max_pixels: int | None) -> int:
-    """Check the pixel limit from the encoded bytes' header and return the EXIF orientation
-    (formats PIL identifies; others are left to OpenCV's own limit, orientation 1)."""
+def _header(path: Path, data: bytes | None, max_pixels: int | None) -> int:
+    """Check the pixel limit from the encoded bytes' header (``None``: from the file) and
+    return the EXIF orientation (formats PIL identifies; others are left to OpenCV's own
+    limit, orientation 1)."""
     import io
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data) if data is not None else path) as im:
             width, height = im.size
             orientation = _orientation(im)
     except Exception:  # not a format PIL knows, or a header it cannot parse: the decoder will say
@@ -108,7 +111,8 @@ def _header(path: Path, data: bytes, max_pixels: int | None) -> int:
 
 
 def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Read an image as ``(H, W, C)`` with its own dtype; colour comes back RGB.
+    """Read an image as ``(H, W, C)`` with its own dtype; colour comes back RGB (swapped in
+    place: no second copy of the pixels).
 
     Supports JPEG, PNG, BMP, GIF (via OpenCV) and 8/16-bit TIFF (via tifffile). An EXIF
     orientation (phone and camera JPEGs) is applied: the array is the picture as image
@@ -120,22 +124,34 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMA
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
         image = _read_tiff(path, max_pixels)
+    elif suffix == ".png" and path.is_file() and path.stat().st_size > LARGE_FILE_BYTES:
+        # a large scene (DOTA's reach 20,000 px, 0.5-1 GiB of PNG): decoded from the file, so
+        # its encoded bytes are never held beside its pixels
+        orientation = _header(path, None, max_pixels)
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        image = _decoded(path, image, orientation)
     else:
         data = _read_bytes(path)
         if suffix in (".jpg", ".jpeg"):
             _check_jpeg(path, data)
         orientation = _header(path, data, max_pixels)
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise ValueError(f"{path}: cannot decode image (corrupt or unsupported format)")
-        if image.ndim == 3 and image.shape[2] == 3:
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        elif image.ndim == 3 and image.shape[2] == 4:
-            image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
-        image = apply_orientation(image, orientation)
+        del data  # the encoded bytes go before the colour swap
+        image = _decoded(path, image, orientation)
     if image.ndim == 2:
         image = image[:, :, None]
     return image
+
+
+def _decoded(path: Path, image: np.ndarray | None, orientation: int) -> np.ndarray:
+    """OpenCV's decode → RGB(A), as the viewer shows it; ``ValueError`` naming ``path`` if none."""
+    if image is None:
+        raise ValueError(f"{path}: cannot decode image (corrupt or unsupported format)")
+    if image.ndim == 3 and image.shape[2] == 3:  # in place: no second copy of the pixels
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA, dst=image)
+    return apply_orientation(image, orientation)
 
 
 def read_mask(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
@@ -262,9 +278,22 @@ def conform_channels(image: np.ndarray, channels: int, path: str | os.PathLike, 
 
 def list_files(folder: str | os.PathLike, suffixes: tuple[str, ...]) -> list[Path]:
     """The files of ``folder`` with one of ``suffixes`` (any case), sorted, hidden ones left out
-    (a macOS ``._x.jpg`` beside ``x.jpg`` is not an image)."""
-    return sorted(p for p in Path(folder).iterdir()
-                  if p.suffix.lower() in suffixes and not is_hidden(p) and p.is_file())
+    (a macOS ``._x.jpg`` beside ``x.jpg`` is not an image).
+
+    One ``scandir`` pass: the directory entries say what is a file without a ``stat`` per
+    name (a symbolic link is followed), so 100,000 tiles list in a fraction of a second."""
+    folder = Path(folder)
+    names = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            name = entry.name
+            dot = name.rfind(".")
+            if name.startswith(".") or dot <= 0 or name[dot:].lower() not in suffixes:
+                continue
+            if entry.is_file():
+                names.append(name)
+    names.sort()
+    return [folder / name for name in names]
 
 
 def is_hidden(path: str | os.PathLike) -> bool:

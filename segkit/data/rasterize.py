@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-__all__ = ["polygon_area", "rasterize_polygons"]
+__all__ = ["polygon_area", "rasterize_band", "rasterize_polygons"]
 
 _SHIFT = 4  # sub-pixel bits for cv2.fillPoly: vertices keep 1/16 px precision
 
@@ -26,9 +26,39 @@ def rasterize_polygons(
     Larger polygons are drawn first, so a small object lying on a large one (a vehicle on a
     bridge) stays visible. Parts outside ``shape`` are clipped.
     """
+    return _fill(polygons, labels, sorted(range(len(polygons)), key=lambda i: -polygon_area(polygons[i])),
+                 shape, background, top=0)
+
+
+def _fill(polygons: Sequence[np.ndarray], labels: Sequence[int], order: Sequence[int], shape: tuple[int, int],
+          background: int, top: int) -> np.ndarray:
     mask = np.full(shape, background, dtype=np.uint8)
-    order = sorted(range(len(polygons)), key=lambda i: -polygon_area(polygons[i]))
     for i in order:
-        points = np.round(np.asarray(polygons[i], dtype=np.float64) * (1 << _SHIFT)).astype(np.int32)
-        cv2.fillPoly(mask, [points], int(labels[i]), lineType=cv2.LINE_8, shift=_SHIFT)
+        points = np.round(np.asarray(polygons[i], dtype=np.float64) * (1 << _SHIFT)).astype(np.int64)
+        points[:, 1] -= top << _SHIFT  # whole pixels in fixed point: an exact translation
+        cv2.fillPoly(mask, [points.astype(np.int32)], int(labels[i]), lineType=cv2.LINE_8, shift=_SHIFT)
     return mask
+
+
+def rasterize_band(
+    polygons: Sequence[np.ndarray], labels: Sequence[int], height: int, width: int, rows: tuple[int, int],
+    background: int = 0,
+) -> np.ndarray:
+    """Rows ``[start, stop)`` of :func:`rasterize_polygons` of a ``height x width`` image, equal
+    to them bit for bit, without the whole image's mask: a large scene is rasterised a band
+    of patch rows at a time.
+
+    OpenCV fills a polygon the same after a whole-pixel shift, but not when the image edge
+    cuts it somewhere else; so the band drawn is stretched to hold, whole, every polygon that
+    reaches into it (clipped only where the full image clips it, at its own edges).
+    """
+    start, stop = rows
+    boxes = [(float(np.min(p[:, 1])), float(np.max(p[:, 1]))) for p in polygons]
+    reach = [i for i, (low, high) in enumerate(boxes) if high >= start - 2 and low <= stop + 1]
+    top, bottom = start, stop
+    if reach:
+        top = max(0, min(top, int(np.floor(min(boxes[i][0] for i in reach))) - 2))
+        bottom = min(height, max(bottom, int(np.ceil(max(boxes[i][1] for i in reach))) + 3))
+    order = sorted(reach, key=lambda i: -polygon_area(polygons[i]))
+    band = _fill(polygons, labels, order, (bottom - top, width), background, top)
+    return np.ascontiguousarray(band[start - top : stop - top])

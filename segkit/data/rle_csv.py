@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import functools
+import json
 import os
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from segkit.data.cache import MaskCache, file_sha256
-from segkit.data.io import DEFAULT_MAX_IMAGE_PIXELS, image_size
+from segkit.data.cache import file_sha256
+from segkit.data.io import image_size, write_json_atomic
 from segkit.data.rle import rle_decode_many
+from segkit.data.table import StringColumn
 
-__all__ = ["RleCsvMasks", "RleTable", "cache_rle_masks", "read_rle_csv"]
+__all__ = ["CompactRle", "RleCsvMasks", "RleTable", "read_rle_csv"]
 
 
 @dataclass(frozen=True)
@@ -39,18 +41,54 @@ class RleTable:
 
     def decode(self, image_id: str, shape: tuple[int, int], order: str) -> np.ndarray:
         """Union of the image's RLE rows as a ``uint8`` mask; errors name the CSV line."""
-        rows = self.rows.get(image_id, [])
-        try:
-            return rle_decode_many([rle for _, rle in rows], shape, order=order)
-        except ValueError:
-            for line, rle in rows:  # find the offending row for the message
-                try:
-                    rle_decode_many([rle], shape, order=order)
-                except ValueError as err:
-                    raise ValueError(
-                        f"{self.path}:{line}: {image_id!r}: bad RLE for a {shape[0]}x{shape[1]} image: {err}"
-                    ) from None
-            raise
+        return _decode_rows(self.path, image_id, self.rows.get(image_id, []), shape, order)
+
+
+class CompactRle:
+    """The rows of an :class:`RleTable` for decoding in loader workers: the ids in a sorted
+    numpy array (looked up by binary search), the RLE strings in one
+    :class:`~segkit.data.table.StringColumn`, CSV lines in an int array — no Python object
+    per row, so forked workers share it with the parent instead of copying it
+    (:mod:`segkit.data.table`). ``decode`` equals :meth:`RleTable.decode`, errors included.
+    Picklable (spawned workers, DDP)."""
+
+    def __init__(self, table: RleTable, order: str) -> None:
+        ids = sorted(table.rows)
+        self.path, self.order = table.path, order
+        self._ids = np.array(ids, dtype=str) if ids else np.zeros(0, dtype="<U1")
+        counts = [len(table.rows[i]) for i in ids]
+        self._starts = np.zeros(len(ids) + 1, dtype=np.int64)
+        if counts:
+            np.cumsum(counts, out=self._starts[1:])
+        self._rles = StringColumn(rle for i in ids for _, rle in table.rows[i])
+        self._lines = np.array([line for i in ids for line, _ in table.rows[i]], dtype=np.int64)
+
+    def rows(self, image_id: str) -> list[tuple[int, str]]:
+        """``(csv_line, rle)`` of the image's non-empty rows (none: no object)."""
+        at = int(np.searchsorted(self._ids, image_id))
+        if at >= len(self._ids) or self._ids[at] != image_id:
+            return []
+        return [(int(self._lines[k]), self._rles[k]) for k in range(self._starts[at], self._starts[at + 1])]
+
+    def has_mask(self, image_id: str) -> bool:
+        at = int(np.searchsorted(self._ids, image_id))
+        return at < len(self._ids) and self._ids[at] == image_id
+
+    def __call__(self, image_id: str, shape: tuple[int, int]) -> np.ndarray:
+        return _decode_rows(self.path, image_id, self.rows(image_id), shape, self.order)
+
+
+def _decode_rows(path: Path, image_id: str, rows: list[tuple[int, str]], shape: tuple[int, int], order: str) -> np.ndarray:
+    """Union of one image's RLE rows as a ``uint8`` mask; errors name the CSV line."""
+    try:
+        return rle_decode_many([rle for _, rle in rows], shape, order=order)
+    except ValueError:
+        for line, rle in rows:  # find the offending row for the message
+            try:
+                rle_decode_many([rle], shape, order=order)
+            except ValueError as err:
+                raise ValueError(f"{path}:{line}: {image_id!r}: bad RLE for a {shape[0]}x{shape[1]} image: {err}") from None
+        raise
 
 
 def read_rle_csv(path: str | os.PathLike, id_column: str, rle_column: str, one_row_per_id: bool = False) -> RleTable:
@@ -137,28 +175,15 @@ def _is_plain_file_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
 
 
-def cache_rle_masks(
-    table: RleTable, directory: Path, images: Mapping[str, Path], order: str,
-    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-) -> tuple[MaskCache, int]:
-    """Decode the masks of ``images`` (id → image file, whose header gives the shape) from
-    ``table`` into a PNG cache keyed by the CSV's hash; build or complete it if needed.
-
-    Returns the cache and how many masks were written now (0 when it was up to date).
-    """
-    cache = MaskCache(directory, fingerprint=file_sha256(table.path))
-    if cache.is_complete():
-        return cache, 0
-    written = cache.build(sorted(images), lambda key: table.decode(key, image_size(images[key], max_pixels), order))
-    return cache, written
-
-
 class RleCsvMasks:
     """The part of a datamodule whose masks are RLE rows of a CSV (Airbus, Carvana).
 
-    The table is read once (:meth:`rle_table`, from the subclass's :meth:`read_rle_table`);
-    checks and evaluation decode rows straight from it (:meth:`rle_decoder`), so they need
-    no cache; training reads PNG masks decoded once into the work folder (:meth:`mask_cache`).
+    The table is read once (:meth:`rle_table`, from the subclass's :meth:`read_rle_table`).
+    Training, checks and evaluation all decode the rows as they load each image
+    (:meth:`rle_decoder`, a :class:`CompactRle` the loader workers share): decoding a row
+    costs less than reading a cached PNG mask, so nothing is written per image.
+    :meth:`check_rle_rows` decodes every row once before the first training (its result
+    kept by the CSV's hash), so a bad row stops the run at the start, naming its line.
     The datamodule sets ``csv_file`` and ``rle_order`` (``"F"``: column-major, Airbus;
     ``"C"``: row-major, Carvana).
     """
@@ -166,8 +191,7 @@ class RleCsvMasks:
     csv_file: str
     rle_order: str
     _rle: RleTable | None = None
-    _cache: MaskCache | None = None
-    _cache_written = 0
+    _compact: CompactRle | None = None
 
     @property
     def csv_path(self) -> Path:
@@ -182,17 +206,27 @@ class RleCsvMasks:
             self._rle = self.read_rle_table()
         return self._rle
 
-    def rle_decoder(self) -> Callable[[str, tuple[int, int]], np.ndarray]:
+    def rle_decoder(self) -> CompactRle:
         """``decoder(image_id, shape) -> mask`` from the CSV's rows."""
-        return functools.partial(self.rle_table().decode, order=self.rle_order)
+        if self._compact is None:
+            self._compact = CompactRle(self.rle_table(), self.rle_order)
+        return self._compact
 
-    def mask_cache(self, images: Mapping[str, Path]) -> MaskCache:
-        """The PNG masks of ``images`` (id → image file) decoded from the CSV, built or
-        completed once per instance; :meth:`describe_cache` says what that did."""
-        if self._cache is None:
-            self._cache, self._cache_written = cache_rle_masks(
-                self.rle_table(), self.work_dir / "masks", images, self.rle_order, self.max_image_pixels)
-        return self._cache
+    def check_rle_rows(self, images: Mapping[str, Path]) -> str:
+        """Decode the rows of ``images`` (id → image file, whose header gives the shape) once;
+        raise naming the first bad row's line. Kept as passed for this CSV (by its hash) in the
+        work folder, so later runs skip it. Returns what it did."""
+        record = self.work_dir / "rle_rows_checked.json"
+        fingerprint = file_sha256(self.csv_path) + f"|{self.rle_order}|{len(images)}"
+        if record.is_file() and json.loads(record.read_text()).get("fingerprint") == fingerprint:
+            return f"the RLE rows of {self.csv_path.name} were checked before: masks are decoded from them while loading"
+        from tqdm.auto import tqdm
 
-    def describe_cache(self) -> str:
-        return self._cache.describe(self._cache_written)
+        decode = self.rle_decoder()
+        started = time.perf_counter()
+        for image_id in tqdm(sorted(images), desc=f"checking {self.csv_path.name}", unit="image", mininterval=1.0,
+                             disable=None):
+            decode(image_id, image_size(images[image_id], self.max_image_pixels))
+        write_json_atomic(record, {"fingerprint": fingerprint, "images": len(images)})
+        return (f"checked the RLE rows of {len(images)} images in {self.csv_path.name} ({time.perf_counter() - started:.1f} s, "
+                "nothing written per image): masks are decoded from them while loading")

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-__all__ = ["axis_starts", "patch_grid", "iter_patches"]
+__all__ = ["axis_starts", "iter_patches", "pad_patch", "patch_grid"]
 
 
 def axis_starts(size: int, patch: int, overlap: int) -> list[int]:
@@ -41,10 +41,17 @@ def iter_patches(
     """
     height, width = mask.shape
     for y, x in patch_grid(height, width, patch, overlap):
-        img = image[y : y + patch, x : x + patch]
-        msk = mask[y : y + patch, x : x + patch]
-        if img.shape[0] < patch or img.shape[1] < patch:
-            pad = ((0, patch - img.shape[0]), (0, patch - img.shape[1]))
-            img = np.pad(img, pad + ((0, 0),) * (img.ndim - 2), constant_values=pad_value)
-            msk = np.pad(msk, pad, constant_values=pad_label)
+        img, msk = pad_patch(image[y : y + patch, x : x + patch], mask[y : y + patch, x : x + patch], patch, pad_value, pad_label)
         yield y, x, img, msk
+
+
+def pad_patch(
+    image: np.ndarray, mask: np.ndarray, patch: int, pad_value: int = 0, pad_label: int = 255
+) -> tuple[np.ndarray, np.ndarray]:
+    """A patch cut at an image's edge, padded to ``patch x patch`` (image with ``pad_value``,
+    mask with ``pad_label``); a full patch as it is."""
+    if image.shape[0] < patch or image.shape[1] < patch:
+        pad = ((0, patch - image.shape[0]), (0, patch - image.shape[1]))
+        image = np.pad(image, pad + ((0, 0),) * (image.ndim - 2), constant_values=pad_value)
+        mask = np.pad(mask, pad, constant_values=pad_label)
+    return image, mask
