@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,10 +191,22 @@ def trainer_rate(model: str, side: int, batch: int, precision: str, device: torc
     images, masks = batch_on(device, batch, side)
     loader = torch.utils.data.DataLoader(_Repeat({"image": images, "mask": masks}, sizes.warmup + sizes.steps), batch_size=None)
     clock = Clock()
-    trainer = L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=precision,
-                        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[clock])
-    trainer.fit(module, train_dataloaders=loader)
+    # Lightning's start and stop lines are about this measurement's own set-up
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero",
+                                                     "lightning.fabric.utilities.rank_zero")]
+    levels = [each.level for each in loggers]
+    for each in loggers:
+        each.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*validation_step.*val_dataloader")  # none, on purpose
+            trainer = L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=precision,
+                                max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[clock])
+            trainer.fit(module, train_dataloaders=loader)
+    finally:
+        for each, level in zip(loggers, levels):
+            each.setLevel(level)
     del module, trainer, loader
     reset_peak(device)
     return batch * sizes.steps / (clock.ended - clock.started)
