@@ -93,10 +93,8 @@ def freeze_before_fork() -> None:
 def init_loader_worker(worker_id: int | None = None) -> None:
     """A DataLoader ``worker_init_fn``: move every object inherited from the parent to the
     collector's permanent generation, so that collections in the worker never write to
-    (and so copy) the parent's pages (what :func:`gc.freeze` is for, per Python's docs); and
-    keep OpenCV to one thread, since the workers are the parallelism (its own thread pool in
-    every worker oversubscribes the cores)."""
-    gc.freeze()
-    import cv2
+    (and so copy) the parent's pages (what :func:`gc.freeze` is for, per Python's docs).
 
-    cv2.setNumThreads(1)
+    (OpenCV's thread count is left alone: ``cv2.setNumThreads`` in a forked worker, after the
+    parent used OpenCV's thread pool, waits forever for threads the fork did not copy.)"""
+    gc.freeze()
