@@ -24,7 +24,9 @@ Data, generated once into ``~/.cache/segkit-bench/scale`` (``SEGKIT_BENCH_DATA``
   files, every image a hard link to one of them (real headers and decode, no disk per image);
 - ``folder``: 256x256 PNG tiles and masks, hard links likewise;
 - ``dota``: one scene of 10,000² and one of 20,000² px (N is the side) with 3,000 oriented
-  boxes, cut into 1024 px patches: the peak memory the cut adds, against the decoded scene.
+  boxes, cut into 1024 px patches: the peak memory the cut adds, against the decoded scene;
+- ``predict``: ``segkit-predict`` of a small checkpoint over the folder layout's N tiles:
+  time per image and the peak memory it adds, at 1,000 and 10,000 images.
 
 The baseline of every ratio is the same measurement at the smallest N: cost per item at N
 over cost per item at the smallest (1.00 = linear), worker memory after epoch 3 over after
@@ -51,8 +53,9 @@ from bench.common import ROOT, Report, peak_rss_mb
 AIRBUS_FULL = 192_556
 SHIP_SHARE = 42_556 / AIRBUS_FULL
 ROWS_PER_SHIP_IMAGE = (231_723 - (AIRBUS_FULL - 42_556)) / 42_556  # 1.92
-SIZES = {"airbus": [1_000, 10_000, 100_000, AIRBUS_FULL], "folder": [1_000, 10_000, 100_000], "dota": [10_000, 20_000]}
-QUICK_SIZES = {"airbus": [300, 3_000], "folder": [300, 3_000], "dota": [1_500]}
+SIZES = {"airbus": [1_000, 10_000, 100_000, AIRBUS_FULL], "folder": [1_000, 10_000, 100_000], "dota": [10_000, 20_000],
+         "predict": [1_000, 10_000]}
+QUICK_SIZES = {"airbus": [200, 2_000], "folder": [200, 2_000], "dota": [1_200], "predict": [20, 100]}
 DATA = Path(os.environ.get("SEGKIT_BENCH_DATA") or Path.home() / ".cache" / "segkit-bench" / "scale")
 
 
@@ -158,7 +161,7 @@ def dota_layout(side: int) -> Path:
     return root
 
 
-LAYOUTS = {"airbus": airbus_layout, "folder": folder_layout, "dota": dota_layout}
+LAYOUTS = {"airbus": airbus_layout, "folder": folder_layout, "dota": dota_layout, "predict": folder_layout}
 
 
 # --------------------------------------------------------------------- one child
@@ -199,14 +202,62 @@ def measure_dota(side: int) -> dict:
     return {"n": side, "prepare_s": seconds, "scene_mb": scene_mb, "added_peak_mb": peak_rss_mb() - before}
 
 
+def _checkpoint() -> Path:
+    """A small segkit checkpoint (one epoch of the tiny synthetic demo), trained once and kept."""
+    run = DATA / "checkpoint"
+    ckpt = run / "checkpoints" / "last.ckpt"
+    if ckpt.is_file():
+        return ckpt
+    from hydra import compose, initialize_config_module
+
+    from segkit.train import run_training
+
+    shutil.rmtree(run, ignore_errors=True)
+    with initialize_config_module(config_module="segkit.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["data.num_images=16", "data.size=64", "data.image_size=64", "data.batch_size=4",
+                                          "data.num_workers=0", "trainer.max_epochs=1", "logger=csv",
+                                          f"paths.run_dir={run}", f"data.cache_dir={DATA / 'work' / 'synthetic'}"])
+    run_training(cfg)
+    return ckpt
+
+
+def measure_predict(n: int) -> dict:
+    """``segkit-predict`` over the ``n`` tiles of the folder layout: seconds and the peak memory it added."""
+    from hydra import compose, initialize_config_module
+
+    from segkit.predict import run_predict
+
+    ckpt = _checkpoint()
+    images = LAYOUTS["folder"](n) / "images"
+    out = DATA / "work" / f"predict-{n}"
+    shutil.rmtree(out, ignore_errors=True)
+    with initialize_config_module(config_module="segkit.conf", version_base="1.3"):
+        cfg = compose("predict", overrides=[f"ckpt={ckpt}", f"input={images}", f"output={out}", "readers=2"])
+    before = peak_rss_mb()
+    started = time.perf_counter()
+    summary = run_predict(cfg)
+    seconds = time.perf_counter() - started
+    assert summary["images"] == n
+    shutil.rmtree(out, ignore_errors=True)
+    return {"n": n, "predict_s": seconds, "added_peak_mb": peak_rss_mb() - before}
+
+
 def measure(kind: str, n: int, batches: int, workers: int) -> dict:
     """One dataset size, in this process (run it in a fresh one)."""
     if kind == "dota":
         return measure_dota(n)
+    if kind == "predict":
+        return measure_predict(n)
     root = LAYOUTS[kind](n)
     cache = DATA / "work" / f"{kind}-{n}"
     shutil.rmtree(cache, ignore_errors=True)
     out: dict = {"n": n}
+    # a first listing, untimed: the directory entries and the CSV come from the disk once, so the
+    # timed one measures segkit's own cost per item rather than how much of the layout the
+    # operating system still had cached (cold, the first of several sizes looked 2-3x dearer)
+    started = time.perf_counter()
+    _datamodule(kind, root, DATA / "work" / "untimed", workers).items()
+    out["cold_list_s"] = time.perf_counter() - started
     dm = _datamodule(kind, root, cache, workers)
     started = time.perf_counter()
     items = dm.items()
@@ -245,7 +296,7 @@ def measure(kind: str, n: int, batches: int, workers: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="two small sizes per dataset (the test suite)")
-    parser.add_argument("--datasets", nargs="+", default=["airbus", "folder", "dota"], choices=sorted(LAYOUTS))
+    parser.add_argument("--datasets", nargs="+", default=["airbus", "folder", "dota", "predict"], choices=sorted(LAYOUTS))
     parser.add_argument("--sizes", nargs="+", type=int, help="dataset sizes (default: 1k, 10k, 100k, full)")
     parser.add_argument("--batches", type=int, default=40, help="training batches timed per epoch")
     parser.add_argument("--workers", type=int, default=2)
@@ -257,6 +308,7 @@ def main() -> None:
         return
     report = Report("Scale: cost per item against dataset size")
     results: dict[str, list[dict]] = {}
+    predictions: list[dict] = []
     for kind in args.datasets:
         sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)[kind]
         for n in sizes:
@@ -276,8 +328,12 @@ def main() -> None:
                             f"{r['added_peak_mb']:,.0f} MiB at its peak, the decoded scene {r['scene_mb']:,.0f} MiB: "
                             f"ratio {r['added_peak_mb'] / r['scene_mb']:.2f} (target <= 1.5)")
                 continue
+            if kind == "predict":
+                predictions.append(r)
+                continue
             results.setdefault(kind, []).append(result)
-            report.note(f"{kind} N={n}: layout ready in {made:.1f} s; list {r['list_s']:.2f} s, prepare "
+            report.note(f"{kind} N={n}: layout ready in {made:.1f} s; list {r['list_s']:.2f} s (cold: "
+                        f"{r['cold_list_s']:.2f} s), prepare "
                         f"{r['prepare_s']:.2f} s, setup {r['setup_s']:.2f} s, main peak {r['main_peak_mb']:.0f} MiB, "
                         f"cache {r['cache_mb']:.1f} MiB, first batch {r['first_batch_s']:.2f} s, "
                         f"{'/'.join(f'{v:.0f}' for v in r['images_per_s'])} images/s (epochs 1-3), worker private "
@@ -294,9 +350,15 @@ def main() -> None:
                         f"N={base['n']:,}: ratio {per / per_base:.2f} (target <= 1.2)")
         for r in rows:
             if r["worker_mb"][0] > 0:
-                report.line(f"{kind} N={r['n']:,}: worker private memory {r['worker_mb'][2]:.0f} MiB after epoch 3, "
-                            f"{r['worker_mb'][0]:.0f} after epoch 1: ratio {r['worker_mb'][2] / r['worker_mb'][0]:.2f} "
+                report.line(f"{kind} N={r['n']:,}: worker private memory {r['worker_mb'][2]:.1f} MiB after epoch 3, "
+                            f"{r['worker_mb'][0]:.1f} after epoch 1: ratio {r['worker_mb'][2] / r['worker_mb'][0]:.2f} "
                             "(target <= 1.1)")
+    for r in predictions[1:]:
+        base = predictions[0]
+        per, per_base = r["predict_s"] / r["n"] * 1e3, base["predict_s"] / base["n"] * 1e3
+        report.line(f"predict: {per:.1f} ms per image at N={r['n']:,}, {per_base:.1f} at N={base['n']:,}: ratio "
+                    f"{per / per_base:.2f} (target <= 1.2); peak memory it added {r['added_peak_mb']:.0f} MiB at "
+                    f"N={r['n']:,}, {base['added_peak_mb']:.0f} at N={base['n']:,}")
     _plot(results, args.plot)
     report.note(f"plot: {args.plot.name}")
     report.save()
