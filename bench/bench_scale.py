@@ -227,7 +227,10 @@ def measure_predict(n: int) -> dict:
 
     from segkit.predict import run_predict
 
-    ckpt = _checkpoint()
+    ckpt = DATA / "checkpoint" / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():  # trained in a process of its own: every size starts from the same memory
+        subprocess.run([sys.executable, "-m", "bench.bench_scale", "--child", "checkpoint", "0"], cwd=ROOT, check=True,
+                       capture_output=True)
     images = LAYOUTS["folder"](n) / "images"
     out = DATA / "work" / f"predict-{n}"
     shutil.rmtree(out, ignore_errors=True)
@@ -248,6 +251,9 @@ def measure(kind: str, n: int, batches: int, workers: int) -> dict:
         return measure_dota(n)
     if kind == "predict":
         return measure_predict(n)
+    if kind == "checkpoint":
+        _checkpoint()
+        return {"n": 0}
     root = LAYOUTS[kind](n)
     cache = DATA / "work" / f"{kind}-{n}"
     shutil.rmtree(cache, ignore_errors=True)
@@ -332,8 +338,8 @@ def main() -> None:
                 predictions.append(r)
                 continue
             results.setdefault(kind, []).append(result)
-            report.note(f"{kind} N={n}: layout ready in {made:.1f} s; list {r['list_s']:.2f} s (cold: "
-                        f"{r['cold_list_s']:.2f} s), prepare "
+            report.note(f"{kind} N={n}: layout ready in {made:.1f} s; list {r['list_s']:.2f} s (the first listing, "
+                        f"imports and a cold disk cache included: {r['cold_list_s']:.2f} s), prepare "
                         f"{r['prepare_s']:.2f} s, setup {r['setup_s']:.2f} s, main peak {r['main_peak_mb']:.0f} MiB, "
                         f"cache {r['cache_mb']:.1f} MiB, first batch {r['first_batch_s']:.2f} s, "
                         f"{'/'.join(f'{v:.0f}' for v in r['images_per_s'])} images/s (epochs 1-3), worker private "
@@ -345,8 +351,8 @@ def main() -> None:
                 per, per_base = r[f"{stage}_s"] / r["n"] * 1e6, base[f"{stage}_s"] / base["n"] * 1e6
                 report.line(f"{kind} {stage}: {per:.1f} µs per item at N={r['n']:,}, {per_base:.1f} at N={base['n']:,}: "
                             f"ratio {per / per_base:.2f} (target <= 1.2)")
-            per, per_base = 1e3 / r["images_per_s"][-1], 1e3 / base["images_per_s"][-1]
-            report.line(f"{kind} loading (epoch 3): {per:.2f} ms per image at N={r['n']:,}, {per_base:.2f} at "
+            per, per_base = 1e3 / max(r["images_per_s"]), 1e3 / max(base["images_per_s"])
+            report.line(f"{kind} loading (best of 3 epochs): {per:.2f} ms per image at N={r['n']:,}, {per_base:.2f} at "
                         f"N={base['n']:,}: ratio {per / per_base:.2f} (target <= 1.2)")
         for r in rows:
             if r["worker_mb"][0] > 0:
@@ -375,8 +381,8 @@ def _plot(results: dict[str, list[dict]], path: Path) -> None:
         n = [r["n"] for r in rows]
         for stage, style in (("list", "o-"), ("prepare", "s--"), ("setup", "^:")):
             axes[0].plot(n, [r[f"{stage}_s"] / r["n"] * 1e6 for r in rows], style, label=f"{kind} {stage}")
-        axes[1].plot(n, [1e3 / r["images_per_s"][-1] for r in rows], "o-", label=f"{kind} loading")
-    for axis, label in ((axes[0], "µs per item"), (axes[1], "ms per image (epoch 3)")):
+        axes[1].plot(n, [1e3 / max(r["images_per_s"]) for r in rows], "o-", label=f"{kind} loading")
+    for axis, label in ((axes[0], "µs per item"), (axes[1], "ms per image (best of 3 epochs)")):
         axis.set_xscale("log")
         axis.set_xlabel("images (N)")
         axis.set_ylabel(label)
