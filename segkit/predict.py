@@ -216,7 +216,8 @@ def _check_resumable(output: Path, record: dict[str, Any]) -> None:
         )
     earlier = json.loads(path.read_text())
     differ = [key for key in ("checkpoint", "input") if earlier.get(key) != record[key]]
-    differ += [f"{key} (was {earlier.get('settings', {}).get(key)!r}, now {value!r})"
+    shown = lambda value: "not set (the checkpoint's own)" if value is None else repr(value)  # noqa: E731
+    differ += [f"{key} (was {shown(earlier.get('settings', {}).get(key))}, now {shown(value)})"
                for key, value in record["settings"].items() if earlier.get("settings", {}).get(key) != value]
     if differ:
         raise ValueError(
@@ -233,64 +234,15 @@ def _left_to_do(files: list[Path], plan: dict[str, list[Path]], submission: Subm
             if not all(paths[i].exists() for paths in per_image) or (submission is not None and file.name not in submission.done)]
 
 
-def run_predict(cfg: DictConfig) -> dict[str, Any]:
-    """Predict every input image; returns the content of ``predict.json``."""
+def _predict_all(files, todo, plan, cfg, predictor, load, submission, min_sizes, connectivity, with_masks, binary, loaded,
+                 failed) -> tuple[int, int]:
+    """Predict ``files[i]`` for each ``i`` of ``todo`` and write its outputs; an image that
+    cannot be read goes to ``failed``. Returns (images predicted, pixels)."""
     from tqdm.auto import tqdm
 
     from segkit.visualize import overlay
 
-    started = time.perf_counter()
-    fmt = str(cfg.format)
-    if fmt != "masks" and fmt not in FORMATS:
-        raise ValueError(f"format={fmt}: choose masks, {', '.join(FORMATS)}")
-    with_masks = cfg.save_masks if cfg.save_masks is not None else fmt == "masks"
-    cfg = OmegaConf.merge(cfg, {"save_masks": bool(with_masks)})
-    paths = checkpoint_paths(cfg.ckpt)
-    members = [load_checkpoint(p) for p in paths]
-    loaded = members[0]
-    if fmt in FORMATS and loaded.num_classes > 2:
-        raise ValueError(f"format={fmt} needs a binary model (num_classes 1 or 2); {paths[0]} has {loaded.num_classes} classes")
-    min_sizes, connectivity = (None, 8)
-    if cfg.get("postprocess"):
-        min_sizes, connectivity = read_postprocessing(str(cfg.postprocess), loaded.class_names)
-    files = collect_inputs(str(cfg.input), bool(cfg.recursive))
-    output = Path(str(cfg.output))
-    plan = planned_outputs(files, output, cfg)
-    journal = output / JOURNAL if fmt in FORMATS else None
-    record = _run_record(paths, cfg)
-    resume = bool(cfg.get("resume", False))
-    if resume:
-        _check_resumable(output, record)
-    else:
-        if journal is not None and journal.exists() and not cfg.overwrite:
-            raise FileExistsError(
-                f"{journal}: an interrupted segkit-predict run left the submission rows it had predicted here: "
-                "resume=true continues it (the images it finished are skipped), overwrite=true starts again"
-            )
-        refuse_overwrite([p for paths in plan.values() for p in paths], bool(cfg.overwrite))
-    claim_run_dir(output, "output")  # writable, and no other live segkit process writing into it
-    write_json_atomic(output / RUN_RECORD, record)
-    predictor = build_predictor(members, cfg)
-    max_pixels = cfg.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
-    submission = (
-        SubmissionWriter(fmt, output / "submission.csv", int(cfg.submission.min_size), int(cfg.submission.connectivity),
-                         journal=journal, resume=resume)
-        if fmt in FORMATS else None
-    )
-    todo = list(range(len(files)))
-    if resume:
-        todo = _left_to_do(files, plan, submission)
-        log.info("resume=true: %d of %d image(s) were finished by the interrupted run; predicting the other %d",
-                 len(files) - len(todo), len(files), len(todo))
-    check_headers([files[i] for i in todo], max_pixels)
-    binary = loaded.num_classes == 1
-    model = str(paths[0]) if len(paths) == 1 else f"an ensemble of {len(paths)} checkpoints ({', '.join(map(str, paths))})"
-    log.info("predicting %d image(s) with %s on %s (precision %s, tile %d, TTA %s%s)", len(files), model,
-             predictor.device, predictor.precision, predictor.tile, predictor.tta or "none",
-             f", post-processing {cfg.postprocess}" if min_sizes is not None else "")
-    pixels, predicted = 0, 0
-    failed: list[dict[str, str]] = []
-    load = functools.partial(load_input, preprocessing=predictor.preprocessing, max_pixels=max_pixels)
+    predicted = pixels = 0
     images = iter_images([files[i] for i in todo], int(cfg.readers), load)
     for i, (file, image) in zip(todo, tqdm(images, total=len(todo), unit="img", desc="predict")):
         if isinstance(image, Exception):
@@ -316,6 +268,77 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
             write_png_atomic(plan["overlays"][i], drawn[:, :, ::-1])
         if submission is not None and file.name not in submission.done:
             submission.add(file.name, labels > 0)  # last: a row in the journal means the image is finished
+    return predicted, pixels
+
+
+def run_predict(cfg: DictConfig) -> dict[str, Any]:
+    """Predict every input image; returns the content of ``predict.json``."""
+    started = time.perf_counter()
+    fmt = str(cfg.format)
+    if fmt != "masks" and fmt not in FORMATS:
+        raise ValueError(f"format={fmt}: choose masks, {', '.join(FORMATS)}")
+    with_masks = cfg.save_masks if cfg.save_masks is not None else fmt == "masks"
+    cfg = OmegaConf.merge(cfg, {"save_masks": bool(with_masks)})
+    paths = checkpoint_paths(cfg.ckpt)
+    members = [load_checkpoint(p) for p in paths]
+    loaded = members[0]
+    if fmt in FORMATS and loaded.num_classes > 2:
+        raise ValueError(f"format={fmt} needs a binary model (num_classes 1 or 2); {paths[0]} has {loaded.num_classes} classes")
+    min_sizes, connectivity = (None, 8)
+    if cfg.get("postprocess"):
+        min_sizes, connectivity = read_postprocessing(str(cfg.postprocess), loaded.class_names)
+    files = collect_inputs(str(cfg.input), bool(cfg.recursive))
+    output = Path(str(cfg.output))
+    plan = planned_outputs(files, output, cfg)
+    journal = output / JOURNAL if fmt in FORMATS else None
+    record = _run_record(paths, cfg)
+    resume = bool(cfg.get("resume", False))
+    if resume:
+        _check_resumable(output, record)
+        if journal is not None and not journal.exists() and (output / "submission.csv").is_file():
+            log.info("resume=true: the run into %s finished (its submission.csv is written): nothing to do; "
+                     "overwrite=true predicts again", output)
+            return json.loads((output / "predict.json").read_text()) if (output / "predict.json").is_file() else {}
+    else:
+        if journal is not None and journal.exists() and not cfg.overwrite:
+            raise FileExistsError(
+                f"{journal}: an interrupted segkit-predict run left the submission rows it had predicted here: "
+                "resume=true continues it (the images it finished are skipped), overwrite=true starts again"
+            )
+        try:
+            refuse_overwrite([p for paths in plan.values() for p in paths], bool(cfg.overwrite))
+        except FileExistsError as err:
+            if not (output / RUN_RECORD).is_file():
+                raise
+            raise FileExistsError(f"{err}; or, if a segkit-predict run into it was interrupted, resume=true continues "
+                                  "it (the images it finished are skipped)") from None
+    claim_run_dir(output, "output")  # writable, and no other live segkit process writing into it
+    write_json_atomic(output / RUN_RECORD, record)
+    predictor = build_predictor(members, cfg)
+    max_pixels = cfg.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
+    submission = (
+        SubmissionWriter(fmt, output / "submission.csv", int(cfg.submission.min_size), int(cfg.submission.connectivity),
+                         journal=journal, resume=resume)
+        if fmt in FORMATS else None
+    )
+    todo = list(range(len(files)))
+    if resume:
+        todo = _left_to_do(files, plan, submission)
+        log.info("resume=true: %d of %d image(s) were finished by the interrupted run; predicting the other %d",
+                 len(files) - len(todo), len(files), len(todo))
+    check_headers([files[i] for i in todo], max_pixels)
+    binary = loaded.num_classes == 1
+    model = str(paths[0]) if len(paths) == 1 else f"an ensemble of {len(paths)} checkpoints ({', '.join(map(str, paths))})"
+    log.info("predicting %d image(s) with %s on %s (precision %s, tile %d, TTA %s%s)", len(todo), model,
+             predictor.device, predictor.precision, predictor.tile, predictor.tta or "none",
+             f", post-processing {cfg.postprocess}" if min_sizes is not None else "")
+    failed: list[dict[str, str]] = []
+    load = functools.partial(load_input, preprocessing=predictor.preprocessing, max_pixels=max_pixels)
+    try:
+        predicted, pixels = _predict_all(files, todo, plan, cfg, predictor, load, submission, min_sizes, connectivity,
+                                         with_masks, binary, loaded, failed)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"resume=true (the same command) continues into {output}") from None
     resumed = len(files) - len(todo)
     if not predicted and not resumed:
         raise ValueError(format_problems([f["error"] for f in failed], f"none of the {len(files)} input images could be predicted:"))
@@ -340,7 +363,8 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
         log.info("%s submission: %s (%d rows, decoded back and checked)", fmt, submission.path, summary["submission"]["rows"])
     summary["seconds"] = round(time.perf_counter() - started, 2)
     write_json_atomic(output / "predict.json", summary)
-    log.info("wrote %s", ", ".join(f"{n} {kind}" for kind, n in summary["outputs"].items()))
+    log.info("wrote %s%s", ", ".join(f"{n} {kind}" for kind, n in summary["outputs"].items()),
+             f" ({resumed} image(s) of them by the interrupted run)" if resumed else "")
     if failed:
         left_out = " (they are not in submission.csv)" if submission is not None else ""
         log.warning("%d image(s) could not be read: see %s%s", len(failed), output / "predict.json", left_out)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 __all__ = ["DEPENDENCY_MODULES", "NOISE_LOG_MESSAGES", "NOISE_WARNINGS", "silence_known_noise"]
@@ -171,8 +173,27 @@ def _add_log_filter(logger: logging.Logger, new: logging.Filter) -> None:
         logger.addFilter(new)
 
 
+_OWN_CODE = (str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "datamodules"))
+_fallback_showwarning: list[Any] = [warnings.showwarning]  # what shows the other warnings
+
+
+def _show_own_warnings_on_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """segkit's own warnings say what is wrong with the user's files (``labelTxt/P0001.txt:67:
+    polygon reaches outside ...``): shown as one ``warning:`` line, above any progress bar
+    (tqdm.write), not as Python's ``<segkit source>:<line>: UserWarning`` plus a line of our code."""
+    if issubclass(category, UserWarning) and str(filename).startswith(_OWN_CODE):
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"warning: {message}", file=file or sys.stderr)
+        return
+    _fallback_showwarning[0](message, category, filename, lineno, file, line)
+
+
 def silence_known_noise() -> None:
     """Install the filters above (idempotent: a second call changes nothing)."""
+    if warnings.showwarning is not _show_own_warnings_on_one_line:
+        _fallback_showwarning[0] = warnings.showwarning
+        warnings.showwarning = _show_own_warnings_on_one_line
     module_pattern = r"(?:{})(?:\.|$)".format("|".join(re.escape(name) for name in DEPENDENCY_MODULES))
     for category in _DEPRECATIONS:
         warnings.filterwarnings("ignore", category=category, module=module_pattern)

@@ -201,6 +201,22 @@ def test_image_missing_for_an_image_id(airbus, tmp_path):
         make_dm(airbus.root, tmp_path).setup("fit")
 
 
+def test_an_image_the_csv_does_not_name_is_reported_not_dropped(airbus, tmp_path):
+    """An image in train_v2 without a row has no mask at all (no ships is an empty row): with
+    data.missing=error it stops the run naming it; with skip it is counted among those left
+    out. Hidden files and other files in the folder are not images."""
+    extra = airbus.root / "train_v2" / "zzzextra.jpg"
+    shutil.copy(next((airbus.root / "train_v2").glob("*.jpg")), extra)
+    (airbus.root / "train_v2" / ".DS_Store").write_bytes(b"")
+    (airbus.root / "train_v2" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=rf"1 file\(s\) in airbus data .* have no counterpart(.|\n)*{extra}: image has no "
+                                         r"row in .*train_ship_segmentations_v2.csv \(an image without ships has an empty row"):
+        make_dm(airbus.root, tmp_path).setup("fit")
+    dm = make_dm(airbus.root, tmp_path, missing="skip")
+    dm.setup("fit")
+    assert len(dm.train_dataset) + len(dm.val_dataset) <= 32 and "zzzextra.jpg" not in list(dm.train_dataset.names)
+
+
 @pytest.mark.parametrize("image_id", ["../secret.jpg", "/etc/passwd", ".."])
 def test_image_ids_cannot_leave_the_root(airbus, tmp_path, image_id):
     line = len(airbus.csv_path.read_text().splitlines()) + 1

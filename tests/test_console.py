@@ -148,3 +148,25 @@ def test_an_unmeasured_flops_count_leaves_the_model_summaries(quiet, caplog):
     unmeasured, measured = (r.getMessage() for r in caplog.records)
     assert "Flops" not in unmeasured and "FLOPs" not in unmeasured and "Total params" in unmeasured
     assert "12.0 M    Total Flops" in measured and "FLOPs" in measured
+
+
+def test_segkits_own_warnings_are_one_line_about_the_users_file(capsys):
+    """A warning segkit raises about the user's data reads as one `warning:` line (above any
+    progress bar), not as `<segkit source>:<line>: UserWarning:` plus a line of segkit's code;
+    a dependency's warning keeps Python's form."""
+    import warnings
+    from pathlib import Path
+
+    import segkit.data.rasterize
+    from segkit.quiet import silence_known_noise
+
+    ours = str(Path(segkit.data.rasterize.__file__).resolve())
+    with warnings.catch_warnings(record=True) as passed_on:  # what Python's own display receives
+        warnings.simplefilter("always")
+        silence_known_noise()
+        warnings.warn_explicit("labelTxt/P0001.txt:67: polygon reaches outside the 712x557 image; clipped",
+                               UserWarning, ours, 40)
+        warnings.warn_explicit("something of theirs", UserWarning, "/site-packages/other/thing.py", 7)
+    err = capsys.readouterr().err
+    assert err == "warning: labelTxt/P0001.txt:67: polygon reaches outside the 712x557 image; clipped\n"
+    assert [(str(w.message), w.filename) for w in passed_on] == [("something of theirs", "/site-packages/other/thing.py")]

@@ -146,7 +146,7 @@ def test_an_interrupted_submission_run_is_resumed_to_the_same_files(ckpt, images
         return real(file, **kwargs)
 
     monkeypatch.setattr(segkit.predict, "load_input", dies_at_the_third)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match=f"resume=true \\(the same command\\) continues into {out}"):
         predict(ckpt, images, out, "format=airbus", "save_masks=true", "readers=0")
     journal = out / "submission.partial.jsonl"
     assert len(journal.read_text().splitlines()) == 2 and not (out / "submission.csv").exists()
@@ -156,7 +156,7 @@ def test_an_interrupted_submission_run_is_resumed_to_the_same_files(ckpt, images
 
     with pytest.raises(FileExistsError, match="an interrupted segkit-predict run left .* resume=true continues it"):
         predict(ckpt, images, out, "format=airbus", "save_masks=true")
-    with pytest.raises(ValueError, match=r"resume=true: .* other settings: threshold \(was None, now 0.3\)"):
+    with pytest.raises(ValueError, match=r"resume=true: .* other settings: threshold \(was not set \(the checkpoint's own\), now 0.3\)"):
         predict(ckpt, images, out, "format=airbus", "save_masks=true", "resume=true", "threshold=0.3")
     with pytest.raises(FileNotFoundError, match="holds no segkit-predict run to continue"):
         predict(ckpt, images, tmp_path / "empty", "resume=true")
@@ -168,6 +168,11 @@ def test_an_interrupted_submission_run_is_resumed_to_the_same_files(ckpt, images
     assert summary["images"] == 4 and summary["resumed"] == 2 and summary["submission"]["images"] == 4
     assert (out / "submission.csv").read_bytes() == (whole / "submission.csv").read_bytes()
     assert not journal.exists()
+    # resuming a run that finished predicts nothing and rewrites nothing
+    stamp = (out / "submission.csv").stat().st_mtime_ns
+    predicted.clear()
+    assert predict(ckpt, images, out, "format=airbus", "save_masks=true", "resume=true")["resumed"] == 2
+    assert predicted == [] and (out / "submission.csv").stat().st_mtime_ns == stamp
     for mask in (whole / "masks").iterdir():
         assert (out / "masks" / mask.name).read_bytes() == mask.read_bytes()
 

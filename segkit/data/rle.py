@@ -52,17 +52,18 @@ def _parse_runs(rle: str, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _diagnose(starts: np.ndarray, lengths: np.ndarray, ends: np.ndarray, size: int) -> None:
-    """Raise for the first invalid run; return when the runs are only out of order."""
+    """Raise for the first invalid run (numbered from 1, as a person counts the row's pairs);
+    return when the runs are only out of order."""
     if (starts < 0).any():
         i = int(np.flatnonzero(starts < 0)[0])
-        raise ValueError(f"RLE run {i} starts at {starts[i] + 1}: starts are 1-indexed (>= 1)")
+        raise ValueError(f"RLE run {i + 1} starts at {starts[i] + 1}: starts are 1-indexed (>= 1)")
     if (lengths <= 0).any():
         i = int(np.flatnonzero(lengths <= 0)[0])
-        raise ValueError(f"RLE run {i} has length {lengths[i]}: lengths must be >= 1")
+        raise ValueError(f"RLE run {i + 1} has length {lengths[i]}: lengths must be >= 1")
     if (ends > size).any():
         i = int(np.flatnonzero(ends > size)[0])
         raise ValueError(
-            f"RLE run {i} (start {starts[i] + 1}, length {lengths[i]}) ends at pixel "
+            f"RLE run {i + 1} (start {starts[i] + 1}, length {lengths[i]}) ends at pixel "
             f"{ends[i]}, beyond the mask's {size} pixels"
         )
     order = np.argsort(starts, kind="stable")
@@ -71,8 +72,8 @@ def _diagnose(starts: np.ndarray, lengths: np.ndarray, ends: np.ndarray, size: i
         i = int(np.flatnonzero(overlap)[0])
         a, b = order[i], order[i + 1]
         raise ValueError(
-            f"RLE runs {a} (start {starts[a] + 1}, length {lengths[a]}) and "
-            f"{b} (start {starts[b] + 1}, length {lengths[b]}) overlap"
+            f"RLE runs {a + 1} (start {starts[a] + 1}, length {lengths[a]}) and "
+            f"{b + 1} (start {starts[b] + 1}, length {lengths[b]}) overlap"
         )
 
 
