@@ -24,6 +24,8 @@ def test_a_string_column_gives_back_exactly_what_it_was_given():
     assert [column[i] for i in range(-6, 6)] == values + values
     assert column[1:4] == values[1:4] and column.index("ünïcode ✓.png") == 2 and "a.jpg" in column
     assert pickle.loads(pickle.dumps(column)) == column
+    assert column + ["z"] == [*values, "z"] and ["z"] + column == ["z", *values]  # as the lists it replaces
+    assert column + StringColumn(["y"]) == [*values, "y"]
     with pytest.raises(IndexError, match="index 6 out of range for 6 items"):
         column[6]
     assert list(StringColumn([])) == [] and len(StringColumn([])) == 0

@@ -59,6 +59,12 @@ class StringColumn(Sequence[str]):
 
     __hash__ = None  # type: ignore[assignment]
 
+    def __add__(self, other: Iterable[str]) -> list[str]:  # as the lists it replaces: train.names + val.names
+        return [*self, *other]
+
+    def __radd__(self, other: Iterable[str]) -> list[str]:
+        return [*other, *self]
+
     def __repr__(self) -> str:
         shown = ", ".join(repr(v) for v in self[:3]) + (", ..." if len(self) > 3 else "")
         return f"{type(self).__name__}([{shown}], {len(self)} items)"
