@@ -234,45 +234,12 @@ def _left_to_do(files: list[Path], plan: dict[str, list[Path]], submission: Subm
             if not all(paths[i].exists() for paths in per_image) or (submission is not None and file.name not in submission.done)]
 
 
-def _predict_all(files, todo, plan, cfg, predictor, load, submission, min_sizes, connectivity, with_masks, binary, loaded,
-                 failed) -> tuple[int, int]:
-    """Predict ``files[i]`` for each ``i`` of ``todo`` and write its outputs; an image that
-    cannot be read goes to ``failed``. Returns (images predicted, pixels)."""
+def run_predict(cfg: DictConfig) -> dict[str, Any]:
+    """Predict every input image; returns the content of ``predict.json``."""
     from tqdm.auto import tqdm
 
     from segkit.visualize import overlay
 
-    predicted = pixels = 0
-    images = iter_images([files[i] for i in todo], int(cfg.readers), load)
-    for i, (file, image) in zip(todo, tqdm(images, total=len(todo), unit="img", desc="predict")):
-        if isinstance(image, Exception):
-            if len(files) == 1:
-                raise image
-            log.warning("skipped, cannot be predicted: %s", " ".join(str(image).split()))
-            failed.append({"file": str(file), "error": str(image)})
-            continue
-        predicted += 1
-        if cfg.save_probabilities:
-            labels = _write_probabilities(plan["probabilities"][i], predictor, image)
-        else:
-            labels = predictor.predict(image).labels
-        if min_sizes is not None:
-            labels = apply_min_sizes(labels, min_sizes, connectivity)
-        pixels += labels.size
-        if with_masks:
-            mask_path = plan["masks"][i]
-            values = labels * np.uint8(cfg.binary_value) if binary else labels
-            write_bytes_atomic(mask_path, _mask_bytes(values, mask_path.suffix == ".tif"))
-        if cfg.save_overlays:
-            drawn = overlay(image, labels, label_count(loaded.num_classes), class_names=loaded.class_names)
-            write_png_atomic(plan["overlays"][i], drawn[:, :, ::-1])
-        if submission is not None and file.name not in submission.done:
-            submission.add(file.name, labels > 0)  # last: a row in the journal means the image is finished
-    return predicted, pixels
-
-
-def run_predict(cfg: DictConfig) -> dict[str, Any]:
-    """Predict every input image; returns the content of ``predict.json``."""
     started = time.perf_counter()
     fmt = str(cfg.format)
     if fmt != "masks" and fmt not in FORMATS:
@@ -334,9 +301,33 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
              f", post-processing {cfg.postprocess}" if min_sizes is not None else "")
     failed: list[dict[str, str]] = []
     load = functools.partial(load_input, preprocessing=predictor.preprocessing, max_pixels=max_pixels)
+    predicted = pixels = 0
     try:
-        predicted, pixels = _predict_all(files, todo, plan, cfg, predictor, load, submission, min_sizes, connectivity,
-                                         with_masks, binary, loaded, failed)
+        images = iter_images([files[i] for i in todo], int(cfg.readers), load)
+        for i, (file, image) in zip(todo, tqdm(images, total=len(todo), unit="img", desc="predict")):
+            if isinstance(image, Exception):
+                if len(files) == 1:
+                    raise image
+                log.warning("skipped, cannot be predicted: %s", " ".join(str(image).split()))
+                failed.append({"file": str(file), "error": str(image)})
+                continue
+            predicted += 1
+            if cfg.save_probabilities:
+                labels = _write_probabilities(plan["probabilities"][i], predictor, image)
+            else:
+                labels = predictor.predict(image).labels
+            if min_sizes is not None:
+                labels = apply_min_sizes(labels, min_sizes, connectivity)
+            pixels += labels.size
+            if with_masks:
+                mask_path = plan["masks"][i]
+                values = labels * np.uint8(cfg.binary_value) if binary else labels
+                write_bytes_atomic(mask_path, _mask_bytes(values, mask_path.suffix == ".tif"))
+            if cfg.save_overlays:
+                drawn = overlay(image, labels, label_count(loaded.num_classes), class_names=loaded.class_names)
+                write_png_atomic(plan["overlays"][i], drawn[:, :, ::-1])
+            if submission is not None and file.name not in submission.done:
+                submission.add(file.name, labels > 0)  # last: a row in the journal means the image is finished
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"resume=true (the same command) continues into {output}") from None
     resumed = len(files) - len(todo)
