@@ -35,7 +35,7 @@ from segkit.data.datasets import ImageMaskDataset
 from segkit.data.io import image_size, read_image, temporary_path, write_bytes_atomic, write_json_atomic, write_png_atomic
 from segkit.data.normalize import IMAGENET
 from segkit.data.pairing import files_by_key, pair_by_key, stem
-from segkit.data.rasterize import polygon_area, rasterize_band, rasterize_polygons
+from segkit.data.rasterize import polygon_area, rasterize_bands, rasterize_polygons
 from segkit.data.tiling import axis_starts, pad_patch
 from segkit.errors import format_problems
 
@@ -263,20 +263,20 @@ class DotaDataModule(SegmentationDataModule):
 
     def _cut_scene(self, name: str, image_path: Path, label_path: Path):
         """Patches of one scene, a band of patch rows at a time: the class mask is drawn per
-        band (:func:`rasterize_band`, equal to the whole scene's mask), so the peak memory is
+        band (:func:`rasterize_bands`, equal to the whole scene's mask), so the peak memory is
         the decoded scene plus one band, not plus a whole-scene mask."""
         objects = read_dota_labels(label_path)
         image = self.image_spec().conform(read_image(image_path, self.max_image_pixels), image_path)
         height, width = image.shape[:2]
         polygons, labels = dota_polygons(objects, (height, width), label_path, self.skip_difficult)
         pad_label = self.ignore_index if self.ignore_index is not None else 0
-        for y in axis_starts(height, self.patch_size, self.overlap):
-            band = rasterize_band(polygons, labels, height, width, (y, min(height, y + self.patch_size)))
+        rows = axis_starts(height, self.patch_size, self.overlap)
+        bands = rasterize_bands(polygons, labels, height, width, ((y, min(height, y + self.patch_size)) for y in rows))
+        for y, band in zip(rows, bands):
             for x in axis_starts(width, self.patch_size, self.overlap):
                 image_patch, mask_patch = pad_patch(image[y : y + self.patch_size, x : x + self.patch_size],
                                                     band[:, x : x + self.patch_size], self.patch_size, 0, pad_label)
                 yield self._write_patch(name, y, x, image_patch, mask_patch)
-            del band
 
     def _write_patch(self, name: str, y: int, x: int, image_patch: np.ndarray, mask_patch: np.ndarray) -> tuple[str, int, int]:
         patch_name = f"{name}__{y}_{x}"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
 
-__all__ = ["polygon_area", "rasterize_band", "rasterize_polygons"]
+__all__ = ["polygon_area", "rasterize_bands", "rasterize_polygons"]
 
 _SHIFT = 4  # sub-pixel bits for cv2.fillPoly: vertices keep 1/16 px precision
 
@@ -40,25 +40,27 @@ def _fill(polygons: Sequence[np.ndarray], labels: Sequence[int], order: Sequence
     return mask
 
 
-def rasterize_band(
-    polygons: Sequence[np.ndarray], labels: Sequence[int], height: int, width: int, rows: tuple[int, int],
+def rasterize_bands(
+    polygons: Sequence[np.ndarray], labels: Sequence[int], height: int, width: int, bands: Iterable[tuple[int, int]],
     background: int = 0,
-) -> np.ndarray:
-    """Rows ``[start, stop)`` of :func:`rasterize_polygons` of a ``height x width`` image, equal
-    to them bit for bit, without the whole image's mask: a large scene is rasterised a band
-    of patch rows at a time.
+) -> Iterator[np.ndarray]:
+    """For each ``(start, stop)`` of ``bands``, rows ``[start, stop)`` of
+    :func:`rasterize_polygons` of a ``height x width`` image, equal to them bit for bit, without
+    the whole image's mask: a large scene is rasterised a band of patch rows at a time. The
+    polygons' extents and drawing order are worked out once for all the bands.
 
     OpenCV fills a polygon the same after a whole-pixel shift, but not when the image edge
     cuts it somewhere else; so the band drawn is stretched to hold, whole, every polygon that
     reaches into it (clipped only where the full image clips it, at its own edges).
     """
-    start, stop = rows
-    boxes = [(float(np.min(p[:, 1])), float(np.max(p[:, 1]))) for p in polygons]
-    reach = [i for i, (low, high) in enumerate(boxes) if high >= start - 2 and low <= stop + 1]
-    top, bottom = start, stop
-    if reach:
-        top = max(0, min(top, int(np.floor(min(boxes[i][0] for i in reach))) - 2))
-        bottom = min(height, max(bottom, int(np.ceil(max(boxes[i][1] for i in reach))) + 3))
-    order = sorted(reach, key=lambda i: -polygon_area(polygons[i]))
-    band = _fill(polygons, labels, order, (bottom - top, width), background, top)
-    return np.ascontiguousarray(band[start - top : stop - top])
+    lows = np.array([float(np.min(p[:, 1])) for p in polygons])
+    highs = np.array([float(np.max(p[:, 1])) for p in polygons])
+    order = np.array(sorted(range(len(polygons)), key=lambda i: -polygon_area(polygons[i])), dtype=np.int64)
+    for start, stop in bands:
+        reach = order[(highs[order] >= start - 2) & (lows[order] <= stop + 1)]  # largest first, as the whole image
+        top, bottom = start, stop
+        if len(reach):
+            top = max(0, min(top, int(np.floor(lows[reach].min())) - 2))
+            bottom = min(height, max(bottom, int(np.ceil(highs[reach].max())) + 3))
+        band = _fill(polygons, labels, reach.tolist(), (bottom - top, width), background, top)
+        yield np.ascontiguousarray(band[start - top : stop - top])
