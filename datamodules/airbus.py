@@ -112,10 +112,9 @@ class AirbusDataModule(RleCsvMasks, SegmentationDataModule):
             mask = self.csv_path if table.has_mask(image_id) else None
             items.append(Item(name=image_id, image=self.images_path / image_id, mask=mask, group=image_id))
         # an image the CSV does not name has no mask at all (not "no ships": that is an empty row)
-        listed = set(table.first_line)
         missing += [f"{self.images_path / name}: image has no row in {self.csv_path} (an image without ships has an "
                     "empty row there)" for name in sorted(present)
-                    if name not in listed and not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)]
+                    if name not in table.first_line and not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)]
         return Scan(items, missing=missing)
 
     def read_rle_table(self) -> RleTable:

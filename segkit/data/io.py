@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import cv2
@@ -124,7 +125,7 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMA
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
         image = _read_tiff(path, max_pixels)
-    elif suffix == ".png" and path.is_file() and path.stat().st_size > LARGE_FILE_BYTES:
+    elif suffix == ".png" and _size(path) > LARGE_FILE_BYTES:
         # a large scene (DOTA's reach 20,000 px, 0.5-1 GiB of PNG): decoded from the file, so
         # its encoded bytes are never held beside its pixels
         orientation = _header(path, None, max_pixels)
@@ -141,6 +142,15 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMA
     if image.ndim == 2:
         image = image[:, :, None]
     return image
+
+
+def _size(path: Path) -> int:
+    """The file's size in bytes; -1 where it is not a readable file (the reader then says why)."""
+    try:
+        info = path.stat()  # one system call on the reading path of every PNG
+    except OSError:
+        return -1
+    return info.st_size if stat.S_ISREG(info.st_mode) else -1
 
 
 def _decoded(path: Path, image: np.ndarray | None, orientation: int) -> np.ndarray:

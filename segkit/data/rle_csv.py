@@ -63,16 +63,20 @@ class CompactRle:
         self._rles = StringColumn(rle for i in ids for _, rle in table.rows[i])
         self._lines = np.array([line for i in ids for line, _ in table.rows[i]], dtype=np.int64)
 
+    def _index(self, image_id: str) -> int | None:
+        """Where ``image_id`` is among the ids with rows (binary search), or ``None``."""
+        at = int(np.searchsorted(self._ids, image_id))
+        return at if at < len(self._ids) and self._ids[at] == image_id else None
+
     def rows(self, image_id: str) -> list[tuple[int, str]]:
         """``(csv_line, rle)`` of the image's non-empty rows (none: no object)."""
-        at = int(np.searchsorted(self._ids, image_id))
-        if at >= len(self._ids) or self._ids[at] != image_id:
+        at = self._index(image_id)
+        if at is None:
             return []
         return [(int(self._lines[k]), self._rles[k]) for k in range(self._starts[at], self._starts[at + 1])]
 
     def has_mask(self, image_id: str) -> bool:
-        at = int(np.searchsorted(self._ids, image_id))
-        return at < len(self._ids) and self._ids[at] == image_id
+        return self._index(image_id) is not None
 
     def __call__(self, image_id: str, shape: tuple[int, int]) -> np.ndarray:
         return _decode_rows(self.path, image_id, self.rows(image_id), shape, self.order)
