@@ -38,6 +38,7 @@ epoch 1.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -60,6 +61,25 @@ DATA = Path(os.environ.get("SEGKIT_BENCH_DATA") or Path.home() / ".cache" / "seg
 
 
 # ----------------------------------------------------------------- generated layouts
+def _generated_once(name: str):
+    """A layout writer ``write(root, n)`` made into ``layout(n) -> root``: written once into
+    ``DATA/<name>-<n>`` (a partial earlier attempt removed first), marked done, then reused."""
+
+    def wrap(write):
+        @functools.wraps(write)
+        def layout(n: int) -> Path:
+            root = DATA / f"{name}-{n}"
+            if not (root / ".done").exists():
+                shutil.rmtree(root, ignore_errors=True)
+                write(root, n)
+                (root / ".done").write_text("")
+            return root
+
+        return layout
+
+    return wrap
+
+
 def _distinct_jpegs(directory: Path, size: int, count: int = 8) -> list[Path]:
     import cv2
 
@@ -95,11 +115,8 @@ def _ship_pool(count: int = 400, size: int = 768) -> list[tuple[np.ndarray, int,
     return pool
 
 
-def airbus_layout(n: int) -> Path:
-    root = DATA / f"airbus-{n}"
-    if (root / ".done").exists():
-        return root
-    shutil.rmtree(root, ignore_errors=True)
+@_generated_once("airbus")
+def airbus_layout(root: Path, n: int) -> None:
     images = root / "train_v2"
     images.mkdir(parents=True)
     sources = _distinct_jpegs(root, 768)
@@ -120,17 +137,12 @@ def airbus_layout(n: int) -> Path:
             runs[0::2] += shift
             rows.append(f"{image_id},{' '.join(map(str, runs))}")
     (root / "train_ship_segmentations_v2.csv").write_text("\n".join(rows) + "\n")
-    (root / ".done").write_text("")
-    return root
 
 
-def folder_layout(n: int) -> Path:
+@_generated_once("folder")
+def folder_layout(root: Path, n: int) -> None:
     import cv2
 
-    root = DATA / f"folder-{n}"
-    if (root / ".done").exists():
-        return root
-    shutil.rmtree(root, ignore_errors=True)
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     rng = np.random.default_rng(2)
@@ -144,21 +156,14 @@ def folder_layout(n: int) -> Path:
         image, mask = sources[i % len(sources)]
         os.link(image, root / "images" / f"tile{i:06d}.png")
         os.link(mask, root / "masks" / f"tile{i:06d}.png")
-    (root / ".done").write_text("")
-    return root
 
 
-def dota_layout(side: int) -> Path:
+@_generated_once("dota")
+def dota_layout(root: Path, side: int) -> None:
     """One DOTA scene of ``side`` x ``side`` px with 3,000 oriented boxes (N is the side here)."""
     from bench.bench_dota_prepare import write_scene
 
-    root = DATA / f"dota-{side}"
-    if (root / ".done").exists():
-        return root
-    shutil.rmtree(root, ignore_errors=True)
     write_scene(root, side, objects=3000)
-    (root / ".done").write_text("")
-    return root
 
 
 LAYOUTS = {"airbus": airbus_layout, "folder": folder_layout, "dota": dota_layout, "predict": folder_layout}
