@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
+import types
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,37 @@ def test_the_recorded_command_can_be_run_again(monkeypatch):
 
     monkeypatch.setattr(sys, "argv", [str(HERE / "gpu_check.py"), "--device", "cpu", "--quick"])
     assert command() == "python -m bench.gpu_check --device cpu --quick"
+
+
+
+def test_the_budget_is_checked_before_every_line_not_only_every_section(monkeypatch):
+    """A precision section can take many minutes on a GPU (each mode autotunes its first
+    steps): once the budget is spent, each further line says it was skipped instead of
+    running on into the device call's timeout."""
+    import bench.gpu_check as check
+
+    def slow_rate(*args, **kwargs):
+        time.sleep(0.05)  # the baseline line alone outlasts the budget below
+        return 100.0, None
+
+    monkeypatch.setattr(check, "plain_rate", slow_rate)
+    monkeypatch.setattr(check, "trainer_rate", lambda *a, **k: pytest.fail("the Trainer line ran past the budget"))
+    lines = []
+    report = types.SimpleNamespace(line=lines.append, compare=lambda *a, **k: lines.append("compared"))
+    chosen = check.precisions(report, torch.device("cpu"), check.QUICK, False, time.perf_counter() + 0.02)
+    assert chosen == {}
+    assert lines == ["mobilenet_unet 64 px, batch 2, plain loop, 32-true: 100.0 images/s",
+                     *(f"  {check.label(mode, torch.device('cpu'))}: skipped, the time budget (--budget-s) is spent"
+                       for mode in check.QUICK.modes),
+                     "  mobilenet_unet 64 px Lightning Trainer: skipped, the time budget (--budget-s) is spent"]
+
+
+def test_a_spent_budget_skips_the_later_sections_and_still_ends_with_done(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    result = gpu_check("--device", "cpu", "--quick", "--workers", "0", "--budget-s", "0.01", results=results)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line[4:] for line in results.read_text().splitlines() if line.startswith("    ")]
+    for section in ("loader", "window", "demo", "memory"):
+        assert f"{section}: skipped, the time budget (--budget-s) is spent" in lines
+    assert not any(re.search(r"ratio [\d.]+", line) for line in lines)  # nothing measured
+    assert re.fullmatch(r"gpu_check done in \d+ s", lines[-1])
