@@ -4,7 +4,9 @@ does memory stay bounded, from a thousand images to the full download?
 For each dataset and size N, a fresh child process (its own peak memory) builds the
 datamodule as ``segkit-train`` does and times, per stage:
 
-- ``list``: reading the index (Airbus CSV) and listing the files (``dm.items()``);
+- ``list``: reading the index (Airbus CSV) and listing the files (``dm.items()``; the best
+  of 3), beside the bare listing of the same folders (``os.listdir``, a ``Path`` per file, a
+  dict by stem), whose cost per item grows with N as well;
 - ``prepare``: ``dm.prepare_data()`` (Airbus: the mask cache, where one is built);
 - ``setup``: the split, the samplers and the datasets (``dm.setup()``);
 - ``first batch``: the first training batch through loader workers;
@@ -22,6 +24,9 @@ Data, generated once into ``~/.cache/segkit-bench/scale`` (``SEGKIT_BENCH_DATA``
   rows per ship image, as in the 192,556-image ``train_v2``), RLE rows of real ship shapes
   (a pool encoded once, shifted per image), and 768x768 JPEGs: eight distinct real-content
   files, every image a hard link to one of them (real headers and decode, no disk per image);
+- ``carvana``: the real layout at 1008 images and the full 5,088 (16 views per car,
+  ``train/<car>_<view>.jpg``, ``train_masks/<car>_<view>_mask.gif`` and ``train_masks.csv``),
+  1918x1280 JPEGs and GIF masks, hard links to four distinct files likewise;
 - ``folder``: 256x256 PNG tiles and masks, hard links likewise;
 - ``dota``: one scene of 10,000² and one of 20,000² px (N is the side) with 3,000 oriented
   boxes, cut into 1024 px patches: the peak memory the cut adds, against the decoded scene;
@@ -54,9 +59,10 @@ from bench.common import ROOT, Report, peak_rss_mb
 AIRBUS_FULL = 192_556
 SHIP_SHARE = 42_556 / AIRBUS_FULL
 ROWS_PER_SHIP_IMAGE = (231_723 - (AIRBUS_FULL - 42_556)) / 42_556  # 1.92
-SIZES = {"airbus": [1_000, 10_000, 100_000, AIRBUS_FULL], "folder": [1_000, 10_000, 100_000], "dota": [10_000, 20_000],
-         "predict": [1_000, 10_000]}
-QUICK_SIZES = {"airbus": [200, 2_000], "folder": [200, 2_000], "dota": [1_200], "predict": [20, 100]}
+CARVANA_FULL = 5_088  # 318 cars x 16 views
+SIZES = {"airbus": [1_000, 10_000, 100_000, AIRBUS_FULL], "carvana": [1_008, CARVANA_FULL],
+         "folder": [1_000, 10_000, 100_000], "dota": [10_000, 20_000], "predict": [1_000, 10_000]}
+QUICK_SIZES = {"airbus": [200, 2_000], "carvana": [160, 480], "folder": [200, 2_000], "dota": [1_200], "predict": [20, 100]}
 DATA = Path(os.environ.get("SEGKIT_BENCH_DATA") or Path.home() / ".cache" / "segkit-bench" / "scale")
 
 
@@ -139,6 +145,39 @@ def airbus_layout(root: Path, n: int) -> None:
     (root / "train_ship_segmentations_v2.csv").write_text("\n".join(rows) + "\n")
 
 
+@_generated_once("carvana")
+def carvana_layout(root: Path, n: int) -> None:
+    """``n`` images (a multiple of 16 views per car) in the Carvana download's layout."""
+    import cv2
+    from PIL import Image
+
+    from segkit.data.rle import rle_encode
+
+    (root / "train").mkdir(parents=True)
+    (root / "train_masks").mkdir()
+    rng = np.random.default_rng(3)
+    sources, rows = [], ["img,rle_mask"]
+    height, width = 1280, 1918
+    for k in range(4):  # a studio background and a car-shaped ellipse, as the real photos
+        image = np.full((height, width, 3), 235, np.uint8) + rng.integers(0, 12, (height, width, 3), dtype=np.uint8)
+        mask = np.zeros((height, width), np.uint8)
+        cv2.ellipse(mask, (width // 2 + 40 * k, height // 2), (700 - 30 * k, 330), 0, 0, 360, 1, -1)
+        image[mask > 0] = rng.integers(20, 200, 3, dtype=np.uint8)
+        jpeg, gif = root / f"_car{k}.jpg", root / f"_car{k}_mask.gif"
+        cv2.imwrite(str(jpeg), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        gif_image = Image.fromarray(mask, mode="P")  # index 0 black, 1 white: as Kaggle ships them
+        gif_image.putpalette([0, 0, 0, 255, 255, 255] + [0, 0, 0] * 254)
+        gif_image.save(gif)
+        sources.append((jpeg, gif, rle_encode(mask, order="C")))  # the CSV's runs are row-major
+    for i in range(n):
+        name = f"{i // 16:012x}_{i % 16 + 1:02d}"
+        jpeg, gif, rle = sources[i % len(sources)]
+        os.link(jpeg, root / "train" / f"{name}.jpg")
+        os.link(gif, root / "train_masks" / f"{name}_mask.gif")
+        rows.append(f"{name}.jpg,{rle}")
+    (root / "train_masks.csv").write_text("\n".join(rows) + "\n")
+
+
 @_generated_once("folder")
 def folder_layout(root: Path, n: int) -> None:
     import cv2
@@ -166,7 +205,7 @@ def dota_layout(root: Path, side: int) -> None:
     write_scene(root, side, objects=3000)
 
 
-LAYOUTS = {"airbus": airbus_layout, "folder": folder_layout, "dota": dota_layout, "predict": folder_layout}
+LAYOUTS = {"airbus": airbus_layout, "carvana": carvana_layout, "folder": folder_layout, "dota": dota_layout, "predict": folder_layout}
 
 
 # --------------------------------------------------------------------- one child
@@ -185,6 +224,10 @@ def _datamodule(kind: str, root: Path, cache: Path, workers: int):
         from datamodules.airbus import AirbusDataModule
 
         return AirbusDataModule(**common, background_ratio=1.0)
+    if kind == "carvana":
+        from datamodules.carvana import CarvanaDataModule
+
+        return CarvanaDataModule(**common)
     from datamodules.folder import FolderDataModule
 
     return FolderDataModule(**common)
@@ -250,6 +293,24 @@ def measure_predict(n: int) -> dict:
     return {"n": n, "predict_s": seconds, "added_peak_mb": peak_rss_mb() - before}
 
 
+#: the folders a dataset's listing reads, for the bare baseline
+BARE_DIRS = {"airbus": ("train_v2",), "carvana": ("train", "train_masks"), "folder": ("images", "masks")}
+
+
+def _bare_listing(root: Path, folders: tuple[str, ...]) -> float:
+    """Seconds (best of 3) for the least a listing does in Python: ``os.listdir``, sorted, a
+    ``pathlib.Path`` per file and a dict by stem. Its cost per item grows with N too (the
+    memory of N objects, not the algorithm): the baseline segkit's listing ratio is read against."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        tables = [{path.stem: path for path in (root / folder / name for name in sorted(os.listdir(root / folder)))}
+                  for folder in folders]
+        best = min(best, time.perf_counter() - started)
+        del tables
+    return best
+
+
 def measure(kind: str, n: int, batches: int, workers: int) -> dict:
     """One dataset size, in this process (run it in a fresh one)."""
     if kind == "dota":
@@ -273,6 +334,13 @@ def measure(kind: str, n: int, batches: int, workers: int) -> dict:
     started = time.perf_counter()
     items = dm.items()
     out["list_s"] = time.perf_counter() - started
+    for _ in range(2):  # the best of 3 listings, each by a fresh datamodule
+        again = _datamodule(kind, root, cache, workers)
+        started = time.perf_counter()
+        again.items()
+        out["list_s"] = min(out["list_s"], time.perf_counter() - started)
+    del again
+    out["bare_list_s"] = _bare_listing(root, BARE_DIRS[kind])
     out["items"] = len(items)
     started = time.perf_counter()
     dm.prepare_data()
@@ -283,6 +351,7 @@ def measure(kind: str, n: int, batches: int, workers: int) -> dict:
     out["main_peak_mb"] = peak_rss_mb()
     out["cache_mb"] = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) / 2**20
     loader = dm.train_dataloader()
+    batches = min(batches, len(loader))  # a small layout's epoch can be shorter
     out["worker_mb"], out["images_per_s"] = [], []
     for epoch in range(3):
         if hasattr(loader.sampler, "set_epoch"):
@@ -307,7 +376,7 @@ def measure(kind: str, n: int, batches: int, workers: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="two small sizes per dataset (the test suite)")
-    parser.add_argument("--datasets", nargs="+", default=["airbus", "folder", "dota", "predict"], choices=sorted(LAYOUTS))
+    parser.add_argument("--datasets", nargs="+", default=["airbus", "carvana", "folder", "dota", "predict"], choices=sorted(LAYOUTS))
     parser.add_argument("--sizes", nargs="+", type=int, help="dataset sizes (default: 1k, 10k, 100k, full)")
     parser.add_argument("--batches", type=int, default=40, help="training batches timed per epoch")
     parser.add_argument("--workers", type=int, default=2)
@@ -356,6 +425,10 @@ def main() -> None:
                 per, per_base = r[f"{stage}_s"] / r["n"] * 1e6, base[f"{stage}_s"] / base["n"] * 1e6
                 report.line(f"{kind} {stage}: {per:.1f} µs per item at N={r['n']:,}, {per_base:.1f} at N={base['n']:,}: "
                             f"ratio {per / per_base:.2f} (target <= 1.2)")
+                if stage == "list":
+                    bare, bare_base = r["bare_list_s"] / r["n"] * 1e6, base["bare_list_s"] / base["n"] * 1e6
+                    report.line(f"  {kind} bare listing (os.listdir, a Path per file, a dict by stem): {bare:.1f} µs per "
+                                f"item at N={r['n']:,}, {bare_base:.1f} at N={base['n']:,}: ratio {bare / bare_base:.2f}")
             per, per_base = 1e3 / max(r["images_per_s"]), 1e3 / max(base["images_per_s"])
             report.line(f"{kind} loading (best of 3 epochs): {per:.2f} ms per image at N={r['n']:,}, {per_base:.2f} at "
                         f"N={base['n']:,}: ratio {per / per_base:.2f} (target <= 1.2)")

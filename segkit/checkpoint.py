@@ -178,13 +178,20 @@ def checkpoint_paths(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> l
 
 
 def _refuse_live(run: Path, spec: str) -> None:
-    """A run still training has a checkpoint of its first epochs only: not one to use unseen."""
+    """A run still training, or one stopped before its end (interrupted, killed by a time limit,
+    failed), has a checkpoint of its first epochs only: not one to use unseen. A finished run
+    is one with ``metrics.json`` (written by ``segkit-train`` after its last epoch)."""
     from segkit.rundir import run_holder
 
     holder = run_holder(run)
     if holder is not None:
         raise ValueError(f"ckpt={spec}: {run} is still training ({holder}): wait for it to finish, or name its "
                          f"checkpoint file to use it as it is now")
+    if (run / "config.yaml").is_file() and not (run / "metrics.json").is_file():
+        raise ValueError(f"ckpt={spec}: {run} stopped before the end of its training (it has checkpoints but no "
+                         f"metrics.json: interrupted, killed by a time limit, or failed; its train.log says how it "
+                         f"ended): finish it with segkit-train resume={run}, or name its checkpoint file to use it "
+                         f"as it is now")
 
 
 def load_checkpoints(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[LoadedCheckpoint]:

@@ -28,6 +28,8 @@ def test_quick_scale_benchmark_reports_cost_per_item_memory_and_the_dota_peak(tm
         for stage in ("list", "prepare", "setup"):
             assert re.search(rf"^{kind} {stage}: [\d.]+ µs per item at N=[\d,]+, [\d.]+ at N=[\d,]+: ratio [\d.]+ "
                              r"\(target <= 1.2\)$", out, re.M), (kind, stage, out)
+        assert re.search(rf"^  {kind} bare listing \(os.listdir, a Path per file, a dict by stem\): [\d.]+ µs per item at "
+                         r"N=[\d,]+, [\d.]+ at N=[\d,]+: ratio [\d.]+$", out, re.M), out
         assert re.search(rf"^{kind} N=[\d,]+: worker private memory [\d.]+ MiB after epoch 3, [\d.]+ after epoch 1", out, re.M)
     assert re.search(r"^dota: cutting a [\d,]+² scene \(3,000 boxes\) took [\d.]+ s and added [\d,]+ MiB at its peak, "
                      r"the decoded scene [\d,]+ MiB: ratio [\d.]+", out, re.M), out

@@ -115,6 +115,20 @@ def test_checkpoint_paths_reads_files_globs_runs_and_sweeps(ckpt, folds, tmp_pat
         assert checkpoint_paths(str(fold_ckpts[2])) == [fold_ckpts[2]]  # named as a file: used as it is now
     finally:
         release_run_dir(folds / "2")
+    # fold 1 as segkit-train leaves a run killed by a time limit (or Ctrl-C) before its last epoch:
+    # its config and checkpoints, no metrics.json (written after the last epoch)
+    (folds / "1" / "config.yaml").write_text("seed: 0\n")
+    try:
+        for spec in (folds, folds / "1"):
+            with pytest.raises(ValueError, match=f"ckpt={spec}: {folds / '1'} stopped before the end of its training "
+                                                 r"\(it has checkpoints but no metrics.json.*segkit-train resume="):
+                checkpoint_paths(str(spec))
+        assert checkpoint_paths(str(fold_ckpts[1])) == [fold_ckpts[1]]  # named as a file: used as it is now
+        (folds / "1" / "metrics.json").write_text("{}\n")  # finished (or resumed to its end)
+        assert checkpoint_paths(str(folds)) == fold_ckpts
+    finally:
+        for name in ("config.yaml", "metrics.json"):
+            (folds / "1" / name).unlink(missing_ok=True)
     (folds / "3" / ".hydra").mkdir(parents=True)  # a fold that failed before its first checkpoint
     try:
         with pytest.raises(ValueError, match=r"3 have no checkpoint \(failed or still running\?\)"):

@@ -98,3 +98,24 @@ def test_loaders_with_workers_freeze_the_parent_before_it_forks(tmp_path, monkey
         dm.setup("fit")
         loader = dm.train_dataloader()
         assert frozen == expected and (loader.worker_init_fn is not None) == bool(workers)
+
+
+def test_the_listing_runs_without_the_cyclic_collector_and_turns_it_back_on(tmp_path, monkeypatch):
+    """The scan builds one object per file and name: with the collector on, its passes over
+    every live object made the cost per item grow with the dataset (1.8x at 100,000 tiles).
+    It is paused for the scan only, and on again afterwards, also when the scan fails."""
+    import gc
+
+    data = write_airbus(tmp_path / "airbus")
+    dm = make_datamodule("airbus", data.root, tmp_path)
+    scan, during = dm.scan, []
+    monkeypatch.setattr(dm, "scan", lambda: (during.append(gc.isenabled()), scan())[1])
+    assert gc.isenabled()
+    assert sorted(item.name for item in dm.items()) == sorted(data.ships)
+    assert during == [False] and gc.isenabled()
+
+    failing = make_datamodule("airbus", data.root, tmp_path)
+    monkeypatch.setattr(failing, "scan", lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failing.items()
+    assert gc.isenabled()

@@ -12,6 +12,7 @@ garbage collector, in the parent and in each worker, off the objects they share.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PathColumn", "StringColumn", "freeze_before_fork", "init_loader_worker"]
+__all__ = ["PathColumn", "StringColumn", "collection_paused", "freeze_before_fork", "init_loader_worker"]
 
 
 class StringColumn(Sequence[str]):
@@ -84,6 +85,21 @@ class PathColumn(StringColumn):
 
     def _text(self, index: int) -> Path | None:  # type: ignore[override]
         return None if self._none[index] else Path(super()._text(index))
+
+
+@contextlib.contextmanager
+def collection_paused() -> Iterator[None]:
+    """Build many long-lived objects (a listing's paths and items) without the cyclic garbage
+    collector: each of its runs walks every object still alive, and the oldest generation's
+    runs come round as the object count grows, so listing 100,000 tiles cost 1.8x per tile
+    what 1,000 did. Nothing made here is cyclic garbage; the collector is on again after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def freeze_before_fork() -> None:
