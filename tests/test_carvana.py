@@ -99,3 +99,20 @@ def test_real_carvana_sample(tmp_path):
         gif_mask = dm.train_dataset.load_mask(dm.train_dataset.names.index(name))
         np.testing.assert_array_equal(csv_dm.train_dataset.load_mask(i), gif_mask)
     assert csv_dm.check() == []
+
+
+def test_check_lists_a_split_that_would_stop_training_one_car(tmp_path):
+    """The real sample is one car: every file is fine, but validation takes whole cars, so the
+    validation split would be empty and training would stop at its set-up. check=true says so
+    first, with the way out; with two cars it has nothing to say."""
+    one = tmp_path / "one"
+    write_carvana(one, n_cars=1, views=3)
+    problems = make_datamodule("carvana", one, tmp_path / "c1").check()
+    assert problems == [f"carvana data at {one}: the validation split is empty — 3 training image(s), none held out, "
+                        "so there would be no validation metrics and no best checkpoint. Validation takes whole cars "
+                        "and all the data is one car: add the images of another car, or train without validation "
+                        "with data.val_fraction=0"]
+    assert make_datamodule("carvana", one, tmp_path / "c2", val_fraction=0).check() == []
+    two = tmp_path / "two"
+    write_carvana(two, n_cars=2, views=3)
+    assert make_datamodule("carvana", two, tmp_path / "c3").check() == []

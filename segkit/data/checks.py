@@ -77,7 +77,16 @@ class FileChecks:
         self._scan = scan
         self.checked_missing = list(scan.missing)
         missing = scan.missing if self.missing == "error" else []
-        return list(scan.problems) + list(missing) + self._load_problems(scan.items, progress=True)
+        problems = list(scan.problems) + list(missing) + self._load_problems(scan.items, progress=True)
+        if scan.items:  # files that are all fine can still make no usable split (one car, one scene)
+            try:
+                train_idx, val_idx = self.split(list(scan.items))
+            except ValueError as err:
+                problems.append(str(err))
+            else:
+                problem = self.split_problem(train_idx, val_idx)
+                problems += [problem] if problem is not None else []
+        return problems
 
     def _load_problems(self, items: Sequence[Item], progress: bool = False) -> list[str]:
         """Decode every item as stored (image, mask, their checks); the message of each failure."""

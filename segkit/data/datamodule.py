@@ -557,20 +557,27 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
         evaluation all use it. ``None``: the items' mask files are the masks."""
         return None
 
+    def split_problem(self, train_idx: Sequence[int], val_idx: Sequence[int]) -> str | None:
+        """What makes a split unusable for training (no training images; no validation images
+        while validation is asked for), or None. ``setup`` raises it, ``check=true`` lists it."""
+        if not train_idx:
+            return f"{self.kind} data at {self.root}: no training images left after the split"
+        if not val_idx and self.has_validation():
+            return (f"{self.kind} data at {self.root}: the validation split is empty — {len(train_idx)} training "
+                    "image(s), none held out, so there would be no validation metrics and no best checkpoint. "
+                    f"{self.empty_val_hint()}")
+        return None
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return
         items = self.items()
         train_idx, val_idx = self.split(items)
-        if not train_idx:
-            raise ValueError(f"{self.kind} data at {self.root}: no training images left after the split")
-        if not val_idx and not self.has_validation():
+        problem = self.split_problem(train_idx, val_idx)
+        if problem is not None:
+            raise ValueError(problem)
+        if not val_idx:
             log.warning("data.val_fraction=0: no validation split, so no validation metrics and no best checkpoint")
-        elif not val_idx:
-            raise ValueError(
-                f"{self.kind} data at {self.root}: the validation split is empty — {len(train_idx)} training image(s), "
-                f"none held out, so there would be no validation metrics and no best checkpoint. {self.empty_val_hint()}"
-            )
         train = [items[i] for i in train_idx]
         self.check_sample(items)
         by_group = (f" (split by {self.group_name}: each {self.group_name} on one side)"
