@@ -291,6 +291,15 @@ class SegmentationModule(L.LightningModule):
         return "no checkpoint was written yet (it failed before the first validation)"
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        stand_in = batch.get("stand_in")
+        if isinstance(stand_in, torch.Tensor) and bool(stand_in.any()):
+            # data.on_bad_file=skip put the next readable image where an unreadable one was: that
+            # image is scored in its own place, so here it is left out rather than counted twice
+            keep = ~stand_in.to(torch.bool)
+            if not bool(keep.any()):
+                return
+            batch = {key: value[keep] if isinstance(value, torch.Tensor) and len(value) == len(keep) else value
+                     for key, value in batch.items()}
         if self.task == "classification":
             loss, logits, labels = self._classification_loss(batch)
             self.val_loss_mean.update(loss, weight=len(labels))

@@ -20,6 +20,7 @@ when no image at all could be predicted.
 
 from __future__ import annotations
 
+import csv
 import functools
 import glob
 import io
@@ -51,7 +52,7 @@ from segkit.data.io import (
 from segkit.errors import format_problems
 from segkit.postprocess import apply_min_sizes, read_postprocessing
 from segkit.predictor import Predictor, Preprocessing, build_predictor
-from segkit.rundir import claim_run_dir
+from segkit.rundir import RunDirectoryBusy, claim_run_dir, held_here, release_run_dir, run_holder
 from segkit.submission import FORMATS, SubmissionWriter
 
 __all__ = ["IMAGE_SUFFIXES", "collect_inputs", "run_predict"]
@@ -226,6 +227,24 @@ def _check_resumable(output: Path, record: dict[str, Any]) -> None:
         )
 
 
+def _refuse_images_added_since(files: list[Path], submission_csv: Path) -> None:
+    """resume=true on a finished submission: images added to the input since are not in its
+    CSV, and a finished CSV is not appended to; say so rather than report nothing to do."""
+    with submission_csv.open(newline="") as handle:
+        reader = csv.reader(handle)
+        next(reader, None)
+        written = {row[0] for row in reader if row}
+    summary = submission_csv.parent / "predict.json"
+    unreadable = ({Path(f["file"]).name for f in json.loads(summary.read_text()).get("failed", [])}
+                  if summary.is_file() else set())  # not in the CSV, and said so when the run finished
+    added = [file.name for file in files if file.name not in written and file.name not in unreadable]
+    if added:
+        raise ValueError(format_problems(
+            added, f"resume=true: the run into {submission_csv.parent} finished, but {len(added)} image(s) of the input "
+            f"are not in its {submission_csv.name} (added to the input since?):", limit=5,
+            tail="overwrite=true predicts every image again; or predict the new ones into another output folder"))
+
+
 def _left_to_do(files: list[Path], plan: dict[str, list[Path]], submission: SubmissionWriter | None) -> list[int]:
     """The images an interrupted run did not finish: one of their files is missing, or (with a
     submission) their rows are not in its journal."""
@@ -260,9 +279,14 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     journal = output / JOURNAL if fmt in FORMATS else None
     record = _run_record(paths, cfg)
     resume = bool(cfg.get("resume", False))
+    holder = run_holder(output) if output.is_dir() and not held_here(output) else None
+    if holder is not None:  # before the checks of what is there: a live run's files are not an interrupted one's
+        raise RunDirectoryBusy(f"{output.resolve()} is in use by another segkit run ({holder}): wait for it to finish, "
+                               "or choose another directory with output=<folder>")
     if resume:
         _check_resumable(output, record)
         if journal is not None and not journal.exists() and (output / "submission.csv").is_file():
+            _refuse_images_added_since(files, output / "submission.csv")
             log.info("resume=true: the run into %s finished (its submission.csv is written): nothing to do; "
                      "overwrite=true predicts again", output)
             return json.loads((output / "predict.json").read_text()) if (output / "predict.json").is_file() else {}
@@ -280,83 +304,92 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
             raise FileExistsError(f"{err}; or, if a segkit-predict run into it was interrupted, resume=true continues "
                                   "it (the images it finished are skipped)") from None
     claim_run_dir(output, "output")  # writable, and no other live segkit process writing into it
-    write_json_atomic(output / RUN_RECORD, record)
-    predictor = build_predictor(members, cfg)
-    max_pixels = cfg.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
-    submission = (
-        SubmissionWriter(fmt, output / "submission.csv", int(cfg.submission.min_size), int(cfg.submission.connectivity),
-                         journal=journal, resume=resume)
-        if fmt in FORMATS else None
-    )
-    todo = list(range(len(files)))
-    if resume:
-        todo = _left_to_do(files, plan, submission)
-        log.info("resume=true: %d of %d image(s) were finished by the interrupted run; predicting the other %d",
-                 len(files) - len(todo), len(files), len(todo))
-    check_headers([files[i] for i in todo], max_pixels)
-    binary = loaded.num_classes == 1
-    model = str(paths[0]) if len(paths) == 1 else f"an ensemble of {len(paths)} checkpoints ({', '.join(map(str, paths))})"
-    log.info("predicting %d image(s) with %s on %s (precision %s, tile %d, TTA %s%s)", len(todo), model,
-             predictor.device, predictor.precision, predictor.tile, predictor.tta or "none",
-             f", post-processing {cfg.postprocess}" if min_sizes is not None else "")
-    failed: list[dict[str, str]] = []
-    load = functools.partial(load_input, preprocessing=predictor.preprocessing, max_pixels=max_pixels)
-    predicted = pixels = 0
     try:
-        images = iter_images([files[i] for i in todo], int(cfg.readers), load)
-        for i, (file, image) in zip(todo, tqdm(images, total=len(todo), unit="img", desc="predict")):
-            if isinstance(image, Exception):
-                if len(files) == 1:
-                    raise image
-                log.warning("skipped, cannot be predicted: %s", " ".join(str(image).split()))
-                failed.append({"file": str(file), "error": str(image)})
-                continue
-            predicted += 1
-            if cfg.save_probabilities:
-                labels = _write_probabilities(plan["probabilities"][i], predictor, image)
-            else:
-                labels = predictor.predict(image).labels
-            if min_sizes is not None:
-                labels = apply_min_sizes(labels, min_sizes, connectivity)
-            pixels += labels.size
-            if with_masks:
-                mask_path = plan["masks"][i]
-                values = labels * np.uint8(cfg.binary_value) if binary else labels
-                write_bytes_atomic(mask_path, _mask_bytes(values, mask_path.suffix == ".tif"))
-            if cfg.save_overlays:
-                drawn = overlay(image, labels, label_count(loaded.num_classes), class_names=loaded.class_names)
-                write_png_atomic(plan["overlays"][i], drawn[:, :, ::-1])
-            if submission is not None and file.name not in submission.done:
-                submission.add(file.name, labels > 0)  # last: a row in the journal means the image is finished
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"resume=true (the same command) continues into {output}") from None
-    resumed = len(files) - len(todo)
-    if not predicted and not resumed:
-        raise ValueError(format_problems([f["error"] for f in failed], f"none of the {len(files)} input images could be predicted:"))
-    settings = OmegaConf.to_container(cfg, resolve=True)
-    per_image = {"masks", "probabilities", "overlays"}
-    summary: dict[str, Any] = {
-        "checkpoint": str(paths[0]) if len(paths) == 1 else [str(p) for p in paths],
-        "input": str(cfg.input),
-        "images": predicted + resumed,
-        "resumed": resumed,  # finished by an interrupted run (resume=true), not predicted again
-        "megapixels": round(pixels / 1e6, 3),
-        "windows": predictor.windows_run,
-        "device": str(predictor.device),
-        "settings": {**{k: settings.get(k) for k in ("tile", "overlap", "blend", "batch_size", "tta", "threshold", "format",
-                                                             "postprocess")},
-                     "precision": predictor.precision},  # as used (auto resolved)
-        "outputs": {kind: predicted + resumed if kind in per_image else len(paths) for kind, paths in plan.items()},
-        "failed": failed,
-    }
-    if submission is not None:
-        summary["submission"] = {"path": str(submission.path), **submission.close()}
-        log.info("%s submission: %s (%d rows, decoded back and checked)", fmt, submission.path, summary["submission"]["rows"])
-    summary["seconds"] = round(time.perf_counter() - started, 2)
-    write_json_atomic(output / "predict.json", summary)
-    log.info("wrote %s%s", ", ".join(f"{n} {kind}" for kind, n in summary["outputs"].items()),
-             f" ({resumed} image(s) of them by the interrupted run)" if resumed else "")
-    if failed:
-        left_out = " (they are not in submission.csv)" if submission is not None else ""
-        log.warning("%d image(s) could not be read: see %s%s", len(failed), output / "predict.json", left_out)
-    return summary
+        if not resume:  # a resume was checked to be the same run: its record stays as written
+            write_json_atomic(output / RUN_RECORD, record)
+        predictor = build_predictor(members, cfg)
+        max_pixels = cfg.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
+        submission = (
+            SubmissionWriter(fmt, output / "submission.csv", int(cfg.submission.min_size), int(cfg.submission.connectivity),
+                             journal=journal, resume=resume)
+            if fmt in FORMATS else None
+        )
+        todo = list(range(len(files)))
+        if resume:
+            todo = _left_to_do(files, plan, submission)
+            if not todo and (output / "predict.json").is_file():
+                log.info("resume=true: the run into %s finished (every image's outputs and its predict.json are there): "
+                         "nothing to do; overwrite=true predicts again", output)
+                return json.loads((output / "predict.json").read_text())
+            log.info("resume=true: %d of %d image(s) were finished by the interrupted run; predicting the other %d",
+                     len(files) - len(todo), len(files), len(todo))
+        check_headers([files[i] for i in todo], max_pixels)
+        binary = loaded.num_classes == 1
+        model = str(paths[0]) if len(paths) == 1 else f"an ensemble of {len(paths)} checkpoints ({', '.join(map(str, paths))})"
+        log.info("predicting %d image(s) with %s on %s (precision %s, tile %d, TTA %s%s)", len(todo), model,
+                 predictor.device, predictor.precision, predictor.tile, predictor.tta or "none",
+                 f", post-processing {cfg.postprocess}" if min_sizes is not None else "")
+        failed: list[dict[str, str]] = []
+        load = functools.partial(load_input, preprocessing=predictor.preprocessing, max_pixels=max_pixels)
+        predicted = pixels = 0
+        try:
+            images = iter_images([files[i] for i in todo], int(cfg.readers), load)
+            # the bar around the pairs (not inside zip): it sees the end, so it closes at n/n
+            for i, (file, image) in tqdm(zip(todo, images), total=len(todo), unit="img", desc="predict"):
+                if isinstance(image, Exception):
+                    if len(files) == 1:
+                        raise image
+                    log.warning("skipped, cannot be predicted: %s", " ".join(str(image).split()))
+                    failed.append({"file": str(file), "error": str(image)})
+                    continue
+                predicted += 1
+                if cfg.save_probabilities:
+                    labels = _write_probabilities(plan["probabilities"][i], predictor, image)
+                else:
+                    labels = predictor.predict(image).labels
+                if min_sizes is not None:
+                    labels = apply_min_sizes(labels, min_sizes, connectivity)
+                pixels += labels.size
+                if with_masks:
+                    mask_path = plan["masks"][i]
+                    values = labels * np.uint8(cfg.binary_value) if binary else labels
+                    write_bytes_atomic(mask_path, _mask_bytes(values, mask_path.suffix == ".tif"))
+                if cfg.save_overlays:
+                    drawn = overlay(image, labels, label_count(loaded.num_classes), class_names=loaded.class_names)
+                    write_png_atomic(plan["overlays"][i], drawn[:, :, ::-1])
+                if submission is not None and file.name not in submission.done:
+                    submission.add(file.name, labels > 0)  # last: a row in the journal means the image is finished
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"resume=true (the same command) continues into {output}") from None
+        resumed = len(files) - len(todo)
+        if not predicted and not resumed:
+            raise ValueError(format_problems([f["error"] for f in failed], f"none of the {len(files)} input images could be predicted:"))
+        settings = OmegaConf.to_container(cfg, resolve=True)
+        per_image = {"masks", "probabilities", "overlays"}
+        summary: dict[str, Any] = {
+            "checkpoint": str(paths[0]) if len(paths) == 1 else [str(p) for p in paths],
+            "input": str(cfg.input),
+            "images": predicted + resumed,
+            "resumed": resumed,  # finished by an interrupted run (resume=true), not predicted again
+            "megapixels": round(pixels / 1e6, 3),
+            "windows": predictor.windows_run,
+            "device": str(predictor.device),
+            "settings": {**{k: settings.get(k) for k in ("tile", "overlap", "blend", "batch_size", "tta", "threshold", "format",
+                                                                 "postprocess")},
+                         "precision": predictor.precision},  # as used (auto resolved)
+            "outputs": {kind: predicted + resumed if kind in per_image else len(paths) for kind, paths in plan.items()},
+            "failed": failed,
+        }
+        if submission is not None:
+            summary["submission"] = {"path": str(submission.path), **submission.close()}
+            log.info("%s submission: %s (%d rows, decoded back and checked)", fmt, submission.path, summary["submission"]["rows"])
+        summary["seconds"] = round(time.perf_counter() - started, 2)
+        write_json_atomic(output / "predict.json", summary)
+        log.info("wrote %s%s", ", ".join(f"{n} {kind}" for kind, n in summary["outputs"].items()),
+                 f" ({resumed} image(s) of them by the interrupted run)" if resumed else "")
+        if failed:
+            left_out = " (they are not in submission.csv)" if submission is not None else ""
+            log.warning("%d image(s) could not be read: see %s%s", len(failed), output / "predict.json", left_out)
+        return summary
+    finally:  # library use: a second call into this output (resume=true) must find it free
+        release_run_dir(output)

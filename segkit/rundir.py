@@ -110,6 +110,11 @@ def run_holder(directory: str | os.PathLike) -> str | None:
     return None
 
 
+def held_here(directory: str | os.PathLike) -> bool:
+    """Whether this process holds ``directory``'s lock (an earlier call's, in library use)."""
+    return Path(directory).resolve() in _held
+
+
 def release_run_dir(directory: str | os.PathLike) -> None:
     """Give the lock of ``directory`` back and remove its file (a process that ends without
     calling this lets go of the lock all the same; only the small file stays)."""

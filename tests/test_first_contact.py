@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -499,3 +501,53 @@ def test_a_folder_of_grayscale_images_with_in_channels_3_is_mentioned(tmp_path, 
     with caplog.at_level("WARNING"):
         FolderDataModule(root=str(tmp_path / "f"), in_channels=1, num_workers=0).setup("fit")
     assert "grayscale" not in caplog.text
+
+
+def test_a_skipped_validation_file_is_not_scored_twice(tmp_path):
+    """data.on_bad_file=skip: the loader puts the next readable image in an unreadable one's
+    place (a batch cannot shrink). For training that is fine; validation leaves the stand-in
+    out, or that image would count twice in the scores that choose best.ckpt."""
+    from torch.utils.data import default_collate
+
+    from tests.helpers import conv1x1_module
+
+    write_folder(tmp_path / "f", n=6, image_format="png")
+    dm = FolderDataModule(root=str(tmp_path / "f"), num_classes=3, num_workers=0, on_bad_file="skip", image_size=None)
+    items = dm.items()
+    bad = items[1].mask
+    bad.write_bytes(b"not a png")
+    dataset = dm.make_dataset(items[:3], None)
+    samples = [dataset[i] for i in range(3)]
+    assert [s["name"] for s in samples] == [items[0].name, items[2].name, items[2].name]  # item 1 -> item 2 stands in
+    assert [s["stand_in"] for s in samples] == [False, True, False]
+    module = conv1x1_module(channels=3, classes=3)
+    module.log = lambda *args, **kwargs: None  # no Trainer here: the scores are read from the metrics
+
+    def scores(batch_samples):
+        module.val_metrics.reset()
+        batch = dm.prepare_batch({k: v for k, v in default_collate(batch_samples).items() if k != "skipped"})
+        with torch.no_grad():
+            module.validation_step(batch, 0)
+        return {k: float(v) for k, v in module.val_metrics.compute().items()}
+
+    assert scores(samples) == scores([samples[0], samples[2]])  # the stand-in left out
+    counted_twice = [samples[0], {**samples[1], "stand_in": False}, samples[2]]
+    assert scores(counted_twice) != scores(samples)  # what validation scored before
+
+
+def test_an_unreadable_ship_image_at_preparation_follows_on_bad_file(tmp_path, caplog):
+    """Preparation reads each ship image's header to check its RLE rows. A file that is not an
+    image at all stops it with the way out (data.on_bad_file=skip), and with skip it is left
+    for the loader to skip, not a stop of its own."""
+    airbus = write_airbus(tmp_path / "airbus")
+    bad = airbus.root / "train_v2" / [i for i, ships in airbus.ships.items() if ships][3]
+    bad.write_bytes(b"this is not a JPEG")
+    dm = AirbusDataModule(root=str(airbus.root), num_workers=0, cache_dir=str(tmp_path / "c1"))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(bad))}: cannot read image header .* — fix or remove the "
+                                         r"file, or set data.on_bad_file=skip"):
+        dm.prepare_data()
+    skip = AirbusDataModule(root=str(airbus.root), num_workers=0, cache_dir=str(tmp_path / "c2"), on_bad_file="skip")
+    with caplog.at_level(logging.WARNING):
+        skip.prepare_data()
+    assert f"data.on_bad_file=skip: 1 image(s) with RLE rows cannot be read; they are skipped while loading:\n  {bad}" \
+        in caplog.text

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -15,6 +17,7 @@ from segkit.checkpoint import load_checkpoint
 from segkit.data.io import read_image, read_mask
 from segkit.inference import window_layout
 from segkit.predict import collect_inputs, run_predict
+from segkit.rundir import RunDirectoryBusy
 from tests.fixtures.reference import naive_rle_decode
 from tests.helpers import compose_config, run_segkit
 
@@ -175,6 +178,36 @@ def test_an_interrupted_submission_run_is_resumed_to_the_same_files(ckpt, images
     assert predicted == [] and (out / "submission.csv").stat().st_mtime_ns == stamp
     for mask in (whole / "masks").iterdir():
         assert (out / "masks" / mask.name).read_bytes() == mask.read_bytes()
+    # an image added to the input after the run finished is not in its CSV: said, not "nothing to do"
+    added = images / "added_later.jpg"
+    added.write_bytes(next(images.glob("*.jpg")).read_bytes())
+    with pytest.raises(ValueError, match=r"(?s)resume=true: the run into .* finished, but 1 image\(s\) of the input are "
+                                         r"not in its submission.csv \(added to the input since\?\):\n  added_later.jpg"
+                                         r".*overwrite=true predicts every image again"):
+        predict(ckpt, images, out, "format=airbus", "save_masks=true", "resume=true")
+    assert (out / "submission.csv").stat().st_mtime_ns == stamp
+
+
+def test_resuming_a_finished_mask_run_rewrites_nothing_and_a_live_run_is_named(ckpt, images, tmp_path):
+    out = tmp_path / "out"
+    first = predict(ckpt, images, out)
+    stamps = {path: path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()}
+    again = predict(ckpt, images, out, "resume=true")
+    assert again == first  # the finished run's own summary, not a new one of 0 images
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()} == stamps
+
+    # another segkit-predict still writing there: its files are not an interrupted run's
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from segkit.rundir import claim_run_dir; "
+                               "claim_run_dir(sys.argv[1]); print('held', flush=True); time.sleep(120)", str(out)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for extra in ((), ("resume=true",), ("overwrite=true",)):
+            with pytest.raises(RunDirectoryBusy, match=f"{out} is in use by another segkit run \\(pid {holder.pid} "):
+                predict(ckpt, images, out, *extra)
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_carvana_submission(ckpt, images, tmp_path):

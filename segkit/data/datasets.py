@@ -230,4 +230,7 @@ class ImageMaskDataset(Dataset):
         sample: dict[str, torch.Tensor | str] = dict(to_sample(out["image"], out["mask"], self.mask_values.dtype))
         sample["name"] = self.names[index]
         sample["skipped"] = skipped  # data.on_bad_file=skip: "file: why" of items passed over for this one
+        # standing in for an unreadable item: fine to train on, but validation leaves it out
+        # (scored in its own place, it would count twice in the metrics that choose best.ckpt)
+        sample["stand_in"] = bool(skipped)
         return sample

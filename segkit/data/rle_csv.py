@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Mapping
@@ -16,6 +17,9 @@ from segkit.data.cache import file_sha256
 from segkit.data.io import image_size, write_json_atomic
 from segkit.data.rle import rle_decode_many
 from segkit.data.table import StringColumn
+from segkit.errors import format_problems
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CompactRle", "RleCsvMasks", "RleTable", "read_rle_csv"]
 
@@ -228,9 +232,21 @@ class RleCsvMasks:
 
         decode = self.rle_decoder()
         started = time.perf_counter()
+        unreadable = []
         for image_id in tqdm(sorted(images), desc=f"checking {self.csv_path.name}", unit="image", mininterval=1.0,
                              disable=None):
-            decode(image_id, image_size(images[image_id], self.max_image_pixels))
+            try:
+                shape = image_size(images[image_id], self.max_image_pixels)
+            except ValueError as err:  # the image, not its row: data.on_bad_file decides
+                if getattr(self, "on_bad_file", "error") != "skip":
+                    raise ValueError(f"{err} — fix or remove the file, or set data.on_bad_file=skip to train without "
+                                     "such files (segkit-prepare ... check=true lists every problem)") from None
+                unreadable.append(str(err))
+                continue
+            decode(image_id, shape)
+        if unreadable:
+            log.warning("%s", format_problems(unreadable, f"data.on_bad_file=skip: {len(unreadable)} image(s) with RLE "
+                                                          "rows cannot be read; they are skipped while loading:", limit=5))
         write_json_atomic(record, {"fingerprint": fingerprint, "images": len(images)})
         return (f"checked the RLE rows of {len(images)} images in {self.csv_path.name} ({time.perf_counter() - started:.1f} s, "
                 "nothing written per image): masks are decoded from them while loading")
