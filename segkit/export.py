@@ -27,11 +27,22 @@ from torch import nn
 from segkit.checkpoint import load_checkpoint
 from segkit.data.io import refuse_overwrite, require_writable, temporary_path, write_json_atomic
 
-__all__ = ["ExportedNet", "export_onnx", "export_torchscript", "run_export"]
+__all__ = ["ExportParityError", "ExportedNet", "export_onnx", "export_torchscript", "run_export"]
 
 log = logging.getLogger(__name__)
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
 FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript"}
+
+
+class ExportParityError(ValueError):
+    """The exported model does not give PyTorch's outputs (or does not run) on the checked inputs."""
+
+
+_PARITY_HELP = {
+    "onnx": "The README's architecture table says which architectures export to ONNX with parity; format=torchscript "
+            "is the other format, checked the same way",
+    "torchscript": "format=onnx is the other format, checked the same way",
+}
 
 
 class ExportedNet(nn.Module):
@@ -155,16 +166,23 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
             x = torch.randn(*shape, generator=generator)
             with torch.no_grad():
                 reference = model(x).numpy()
-            got = run(x)
+            try:
+                got = run(x)
+            except Exception as err:  # noqa: BLE001 — the runtime's own error, on a shape the export should take
+                raise ExportParityError(
+                    f"the {fmt} export of {loaded.module.net.name} does not run on input {shape} "
+                    f"({type(err).__name__}: {' '.join(str(err).split())[:200]}): the exporter fixed a size or batch "
+                    f"that should stay dynamic; nothing written. {_PARITY_HELP[fmt]}") from None
             if got.shape != reference.shape:
-                raise AssertionError(f"{fmt} output shape {got.shape} != PyTorch {reference.shape} for input {shape}")
+                raise ExportParityError(f"{fmt} output shape {got.shape} != PyTorch {reference.shape} for input {shape}; "
+                                        f"nothing written. {_PARITY_HELP[fmt]}")
             diff = float(np.abs(got - reference).max())
             ok = bool(np.allclose(got, reference, rtol=float(cfg.rtol), atol=float(cfg.atol)))
             checks.append({"input": list(shape), "max_abs_diff": diff, "ok": ok})
             if not ok:
-                raise AssertionError(
-                    f"{fmt} export differs from PyTorch on input {shape}: max |diff| {diff:.3g} "
-                    f"(atol {cfg.atol}, rtol {cfg.rtol}); nothing written"
+                raise ExportParityError(
+                    f"{fmt} export of {loaded.module.net.name} differs from PyTorch on input {shape}: max |diff| "
+                    f"{diff:.3g} (atol {cfg.atol}, rtol {cfg.rtol}); nothing written. {_PARITY_HELP[fmt]}"
                 )
         os.replace(tmp, output)
     finally:

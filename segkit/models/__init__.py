@@ -1,7 +1,12 @@
 """Model factory: ``build_model(name, in_channels, num_classes, **params)``.
 
 Every model is wrapped in :class:`SegmentationNet`, which checks that the input's height
-and width are multiples of what the architecture needs and says which multiple when not.
+and width are multiples of what the architecture needs (and at least its smallest side)
+and says which when not.
+
+``name=smp`` builds any of segmentation-models-pytorch's 12 architectures (``arch``) on any
+of its encoders (``encoder_name``, timm's included as ``tu-<name>``); ``unet`` and
+``mobilenet_unet`` are smp's U-Net on ResNet-34 and MobileNetV2.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from torch import nn
 
 from segkit.models.segnet import SegNet
 
-__all__ = ["SegmentationNet", "build_model", "MODELS", "count_parameters"]
+__all__ = ["ARCHITECTURES", "MODELS", "SegmentationNet", "build_model", "count_parameters"]
 
 
 class SegmentationNet(nn.Module):
@@ -26,10 +31,11 @@ class SegmentationNet(nn.Module):
     ``forward(x)``: ``(B, C, H, W)`` float → ``(B, num_classes, H, W)`` logits.
     """
 
-    def __init__(self, net: nn.Module, size_multiple: int, name: str) -> None:
+    def __init__(self, net: nn.Module, size_multiple: int, name: str, min_size: int = 0) -> None:
         super().__init__()
         self.net = net
         self.size_multiple = size_multiple
+        self.min_size = min_size
         self.name = name
 
     def _check_size(self, x: torch.Tensor) -> None:
@@ -40,6 +46,11 @@ class SegmentationNet(nn.Module):
                 f"model {self.name!r} needs input height and width that are multiples of {m}, "
                 f"got {height}x{width}: resize or pad to e.g. "
                 f"{-(-height // m) * m}x{-(-width // m) * m} (data.image_size)"
+            )
+        if min(height, width) < self.min_size:
+            raise ValueError(
+                f"model {self.name!r} needs inputs of at least {self.min_size}x{self.min_size} (its pooling "
+                f"pyramid), got {height}x{width}: data.image_size={self.min_size} or more, or another model.arch"
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,7 +80,10 @@ class SegmentationNet(nn.Module):
                 "(smp encoders only) for a classification stage"
             )
         self._check_size(x)
-        return self.net.classification_head(self.net.encoder(x)[-1])
+        features = self.net.encoder(x)
+        if isinstance(features, tuple) and len(features) == 2 and isinstance(features[0], (list, tuple)):
+            features = features[0]  # DPT's ViT encoder: (features, prefix tokens)
+        return self.net.classification_head(features[-1])
 
 
 def _load_encoder_weights(encoder: nn.Module, path: str | os.PathLike) -> None:
@@ -124,6 +138,57 @@ def _smp_unet(encoder_name: str) -> Callable[..., SegmentationNet]:
     return build
 
 
+#: smp's architectures, by the name ``model.arch`` takes
+ARCHITECTURES = ("Unet", "UnetPlusPlus", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus", "Linknet", "MAnet", "PAN",
+                 "UPerNet", "Segformer", "DPT")
+#: the smallest input side an architecture takes (PAN's feature pyramid pools its 1/32 map further)
+MIN_SIDE = {"PAN": 128}
+
+
+def _smp_any(
+    in_channels: int,
+    num_classes: int,
+    arch: str = "Unet",
+    encoder_name: str = "resnet34",
+    encoder_weights: str | None = None,
+    encoder_depth: int | None = None,
+    classification_head: bool = False,
+    **params: Any,
+) -> SegmentationNet:
+    """Any smp architecture on any smp encoder. ``encoder_depth: None`` keeps the architecture's
+    own default (5; PSPNet 3; DPT 4); ``params`` are the architecture's other arguments
+    (``decoder_channels``, ``encoder_output_stride``, ...). The size multiple is the
+    encoder's output stride (what smp checks inputs against); ViT encoders of DPT take any
+    multiple of their patch size."""
+    canonical = {a.lower(): a for a in ARCHITECTURES}.get(str(arch).lower())
+    if canonical is None:
+        raise ValueError(f"model.arch={arch!r} is not an smp architecture; choose one of {', '.join(ARCHITECTURES)}")
+    local = encoder_weights is not None and _is_path(str(encoder_weights))
+    if local and not Path(str(encoder_weights)).is_file():
+        raise FileNotFoundError(f"{encoder_weights}: encoder weights file not found")
+    if canonical == "DPT":
+        params.setdefault("dynamic_img_size", True)  # timm ViTs are otherwise fixed to their pretraining size
+    if encoder_depth is not None:
+        params["encoder_depth"] = encoder_depth
+    try:
+        net = getattr(smp, canonical)(
+            encoder_name=encoder_name,
+            encoder_weights=None if local else encoder_weights,
+            in_channels=in_channels,
+            classes=num_classes,
+            aux_params={"classes": 1, "dropout": 0.2, "pooling": "avg"} if classification_head else None,
+            **params,
+        )
+    except KeyError as err:  # smp: "Wrong encoder name `x`, supported encoders: [...]"
+        raise ValueError(f"model.encoder_name={encoder_name!r} is not an encoder {canonical} can use "
+                         f"(smp.encoders.get_encoder_names() lists smp's; timm's as tu-<name>): {err}") from None
+    if local:
+        _load_encoder_weights(net.encoder, str(encoder_weights))
+    multiple = int(getattr(net.encoder, "output_stride", 2 ** (encoder_depth or 5)))
+    return SegmentationNet(net, size_multiple=multiple, name=f"{canonical}/{encoder_name}",
+                           min_size=MIN_SIDE.get(canonical, 0))
+
+
 def _segnet(in_channels: int, num_classes: int, **params: Any) -> SegmentationNet:
     net = SegNet(in_channels=in_channels, num_classes=num_classes, **params)
     return SegmentationNet(net, size_multiple=net.size_multiple, name="segnet")
@@ -133,6 +198,7 @@ MODELS: dict[str, Callable[..., SegmentationNet]] = {
     "unet": _smp_unet("resnet34"),
     "mobilenet_unet": _smp_unet("mobilenet_v2"),
     "segnet": _segnet,
+    "smp": _smp_any,
 }
 
 
