@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
 import os
 import random
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,9 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from segkit.data.io import temporary_path
 
-__all__ = ["AtomicCheckpointIO", "EpochSeeder", "MetricsHistory"]
+__all__ = ["AtomicCheckpointIO", "EpochLog", "EpochSeeder", "MetricsHistory", "console_is_terminal"]
+
+log = logging.getLogger("segkit.train")
 
 
 class MetricsHistory(Callback):
@@ -38,6 +44,74 @@ class MetricsHistory(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epochs = list(state_dict["epochs"])
+
+
+def console_is_terminal() -> bool:
+    """Whether the console (stdout, where Hydra's console log and the progress bar go) is a terminal."""
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class EpochLog(Callback):
+    """One line per epoch — epoch, train loss, the validation metrics, the best so far, the
+    epoch's time and the time left — in ``train.log``, and on the console when it is not a
+    terminal (a run under SLURM, ``nohup`` or piped to a file), where no progress bar is
+    drawn. On a terminal the progress bar shows the same and the console is left to it."""
+
+    def __init__(self, monitor: str, mode: str, stage: str = "") -> None:
+        self.monitor, self.mode, self.stage = monitor, mode, stage
+        self.best: float | None = None
+        self.started = 0.0
+        self.durations: list[float] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        seconds = time.perf_counter() - self.started
+        self.durations.append(seconds)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v is not None and v.numel() == 1}
+        epoch, total = trainer.current_epoch + 1, trainer.max_epochs
+        parts = [f"{self.stage}epoch {epoch}" + (f"/{total}" if total and total > 0 else "")]
+        parts += [f"{key.removesuffix('_epoch')} {value:.4f}" for key, value in metrics.items()
+                  if key.startswith("train/") and key.endswith("_epoch")]
+        # the validation means (per-class scores are in metrics.csv / TensorBoard), and the monitored one
+        parts += [f"{key} {value:.4f}" for key, value in sorted(metrics.items())
+                  if key.startswith("val/") and (key.count("/") == 1 or key == self.monitor)]
+        value = metrics.get(self.monitor)
+        if value is not None and math.isfinite(value):
+            better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+            if better:
+                self.best = value
+            parts.append(f"best {self.monitor} {self.best:.4f}" + (" (this epoch)" if better else ""))
+        parts.append(f"{seconds:.1f} s")
+        if total and total > 0 and epoch < total:
+            recent = self.durations[-5:]
+            parts.append(f"ETA {_duration(sum(recent) / len(recent) * (total - epoch))}")
+        line = " | ".join(parts)
+        if console_is_terminal():  # the bar has the console: the line goes to the log files only
+            record = logging.LogRecord(log.name, logging.INFO, __file__, 0, line, None, None)
+            for handler in logging.getLogger().handlers:
+                if isinstance(handler, logging.FileHandler):
+                    handler.handle(record)
+        else:
+            log.info("%s", line)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = state_dict.get("best")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 def epoch_seed(seed: int, stage: int, epoch: int) -> int:

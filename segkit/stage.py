@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from segkit.callbacks import AtomicCheckpointIO, EpochSeeder, MetricsHistory
+from segkit.callbacks import AtomicCheckpointIO, EpochLog, EpochSeeder, MetricsHistory, console_is_terminal
 from segkit.checkpoint import read_checkpoint
 from segkit.data.class_stats import read_class_weights
 from segkit.data.datasets import label_count
@@ -152,9 +152,14 @@ def fit_stage(
         # checkpoint, early stopping): last.ckpt holds the weights
         trainer_cfg.update(limit_val_batches=0, num_sanity_val_steps=0)
         callbacks = [c for c in callbacks if getattr(c, "monitor", None) is None]
+    # the progress bar on a terminal only: piped to a file (SLURM, nohup) its redraws are noise, and
+    # EpochLog's one line per epoch says the same
+    trainer_cfg.setdefault("enable_progress_bar", console_is_terminal())
+    stage_label = f"{stage_dir.name}: " if stage_dir.parent.name == "stages" else ""
+    epoch_log = EpochLog(cfg.monitor.metric, cfg.monitor.mode, stage_label)
     trainer = L.Trainer(
         **trainer_cfg,
-        callbacks=[*callbacks, history, EpochSeeder(cfg.seed, stage_index)],
+        callbacks=[*callbacks, history, EpochSeeder(cfg.seed, stage_index), epoch_log],
         logger=loggers or False,
         default_root_dir=str(stage_dir),
         plugins=[AtomicCheckpointIO()],

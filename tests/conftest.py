@@ -40,4 +40,5 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = run_segkit("segkit-train", "trainer.fast_dev_run=2", f"hydra.run.dir={work / 'run'}", *TINY_TRAIN, cwd=work)
     assert result.returncode == 0, result.stderr[-3000:]
     (work / "stdout.txt").write_text(result.stdout)  # what the console showed, for the tests of the summary
+    (work / "stderr.txt").write_text(result.stderr)
     return work / "run"

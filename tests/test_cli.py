@@ -1,5 +1,6 @@
 import json
 import math
+import re
 import shutil
 from types import SimpleNamespace
 
@@ -22,7 +23,8 @@ def segkit_train(*args, cwd):
 @pytest.fixture(scope="module")
 def fast_dev_run(trained_run):
     """``segkit-train trainer.fast_dev_run=2`` on the synthetic data (conftest's run) and its stdout."""
-    return trained_run, SimpleNamespace(stdout=(trained_run.parent / "stdout.txt").read_text())
+    return trained_run, SimpleNamespace(stdout=(trained_run.parent / "stdout.txt").read_text(),
+                                        stderr=(trained_run.parent / "stderr.txt").read_text())
 
 
 def test_fast_dev_run_writes_the_run_directory(fast_dev_run):
@@ -38,6 +40,52 @@ def test_fast_dev_run_writes_the_run_directory(fast_dev_run):
     assert metrics["precision"] == resolve_precision("auto", "auto")
     assert metrics["model_parameters"] == 6_628_945
     assert "val/dice" in result.stdout and f"best checkpoint: {run_dir}/checkpoints/best.ckpt" in result.stdout
+
+
+def test_one_line_per_epoch_in_the_log_and_no_progress_bar_when_piped(fast_dev_run):
+    """Run with its output piped (as under SLURM or nohup): each epoch is one line, in
+    train.log and on the console, and no progress bar redraws (carriage returns) are written."""
+    run_dir, result = fast_dev_run
+    pattern = (r"\[segkit.train\]\[INFO\] - epoch 1/1 \| train/loss [\d.]+ \| val/bce [\d.]+ \| val/dice [\d.]+ \| "
+               r"val/iou [\d.]+ \| val/loss [\d.]+ \| best val/dice [\d.]+ \(this epoch\) \| [\d.]+ s$")
+    assert re.search(pattern, (run_dir / "train.log").read_text(), re.M), (run_dir / "train.log").read_text()
+    assert re.search(pattern, result.stdout + result.stderr, re.M)
+    assert "\r" not in result.stdout + result.stderr
+
+
+def test_on_a_terminal_the_epoch_line_goes_to_the_log_file_only(tmp_path, monkeypatch):
+    import logging
+
+    import segkit.callbacks
+    from segkit.callbacks import EpochLog
+
+    trainer = type("T", (), {"sanity_checking": False, "is_global_zero": True, "current_epoch": 2, "max_epochs": 10,
+                             "callback_metrics": {"train/loss_epoch": torch.tensor(0.5), "val/dice": torch.tensor(0.25),
+                                                  "val/dice/ship": torch.tensor(0.2)}})()
+    root = logging.getLogger()
+    file_handler = logging.FileHandler(tmp_path / "train.log")
+    console = []
+    stream = logging.StreamHandler()
+    stream.emit = lambda record: console.append(record.getMessage())
+    root.addHandler(file_handler)
+    root.addHandler(stream)
+    level, root.level = root.level, logging.INFO  # as Hydra's logging sets it
+    try:
+        for terminal in (True, False):
+            monkeypatch.setattr(segkit.callbacks, "console_is_terminal", lambda terminal=terminal: terminal)
+            callback = EpochLog("val/dice/ship", "max")
+            callback.on_train_epoch_start(trainer, None)
+            callback.on_train_epoch_end(trainer, None)
+    finally:
+        root.setLevel(level)
+        root.removeHandler(file_handler)
+        root.removeHandler(stream)
+        file_handler.close()
+    written = (tmp_path / "train.log").read_text().splitlines()
+    assert len(written) == 2 and len(console) == 1  # the terminal's line: the file only
+    assert re.fullmatch(r"epoch 3/10 \| train/loss 0.5000 \| val/dice 0.2500 \| val/dice/ship 0.2000 \| best "
+                        r"val/dice/ship 0.2000 \(this epoch\) \| [\d.]+ s \| ETA \d+:\d\d", console[0])
+    assert written == [console[0]] * 2
 
 
 def test_saved_config_is_resolved_and_reusable(fast_dev_run):
