@@ -336,7 +336,13 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         count = counts[p]
         desc = f"eval {split}" + (f" ({part.label})" if combine == "oof" else "")
         for index in tqdm(range(count), unit="img", desc=desc):
-            image, target = part.dataset.load(index)
+            try:
+                image, target = part.dataset.load(index)
+            except (ValueError, OSError) as err:
+                raise ValueError(
+                    f"{err} — segkit-eval scores every image of the split, so a file it cannot read stops it "
+                    "(leaving it out would change the scores unseen): fix or remove the file; segkit-prepare "
+                    "dataset=... data.root=... check=true lists every problem") from None
             image = part.predictor.preprocessing.check(image, part.dataset.image_paths[index])
             labels = part.predictor.predict(image).labels
             if tally is not None:

@@ -1,6 +1,7 @@
 """segkit-eval: scores equal a numpy reference, worst-N are the worst, the report is complete."""
 
 import json
+import re
 import shutil
 
 import cv2
@@ -315,3 +316,17 @@ def test_eval_panels_and_predict_overlays_are_given_the_class_names(trained_run,
     assert given["overlay"] == [["background", "ship"]]
     drawn = cv2.imread(str(tmp_path / "pred" / "overlays" / "a.png"))[:, :, ::-1]
     assert drawn.shape == (64, 64, 3) and has_colour(drawn, visualize.palette(2)[1], tolerance=0)  # the legend's swatch
+
+
+def test_an_unreadable_file_stops_eval_saying_why_and_what_to_do(trained_run, tmp_path):
+    """eval scores every image of its split: leaving an unreadable one out would change the
+    scores unseen, so it stops, naming the file and the way out."""
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    root = tmp_path / "data"
+    shutil.copytree(load_checkpoint(ckpt).data["root"], root)
+    bad = sorted((root / "train_v2").glob("*.jpg"))[0]
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # a truncated download: its header reads
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(bad))}: .* — segkit-eval scores every image of the split, so "
+                                         r"a file it cannot read stops it .*: fix or remove the file; segkit-prepare"):
+        run_eval(compose_config("eval", [f"ckpt={ckpt}", f"data.root={root}", "split=all", "worst=0",
+                                         f"output={tmp_path / 'r'}", "precision=32-true"]))
