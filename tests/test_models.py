@@ -74,7 +74,7 @@ def test_size_multiple_error(name, params, multiple, shape, suggestion):
 
 
 def test_unknown_model_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown model 'resnet'; available: mobilenet_unet, segnet, unet"):
+    with pytest.raises(ValueError, match="unknown model 'resnet'; available: mobilenet_unet, segnet, smp, unet"):
         build_model("resnet", 3, 1)
 
 
