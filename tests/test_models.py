@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -90,3 +92,59 @@ def test_local_encoder_weights(tmp_path):
     torch.save({"nonsense": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="bad.pth: encoder weights do not fit"):
         build_model("mobilenet_unet", 3, 1, encoder_weights=str(tmp_path / "bad.pth"))
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every connection attempt fails at once, as on a machine without the internet."""
+    import socket
+
+    attempts = []
+
+    def refuse(self, address, *args, **kwargs):
+        attempts.append(address)
+        raise OSError(101, "Network is unreachable (test guard)")
+
+    def refuse_connection(address, *args, **kwargs):
+        attempts.append(address)
+        raise OSError(101, "Network is unreachable (test guard)")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse_connection)
+    return attempts
+
+
+def test_named_weights_offline_and_not_cached_fail_at_once_naming_cache_and_local_file(no_network, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(ValueError, match=(
+            r"model.encoder_weights=imagenet: the pretrained weights of encoder mobilenet_v2 \(smp-hub/mobilenet_v2.imagenet "
+            rf"on the Hugging Face hub\) are not in the cache \({re.escape(str(tmp_path / 'hub'))}\) and huggingface.co "
+            r"cannot be reached .* model.encoder_weights=/path/to/encoder.pth")):
+        build_model("mobilenet_unet", 3, 1, encoder_weights="imagenet")
+    assert no_network == [("huggingface.co", 443)]  # one quick probe, nothing that could hang
+    with pytest.raises(ValueError, match=r"encoder resnet34 has no such pretrained weights; it has imagenet"):
+        build_model("smp", 3, 1, arch="FPN", encoder_weights="instagram")
+
+
+def test_named_weights_in_the_cache_load_without_the_network(no_network, tmp_path, monkeypatch):
+    """The Hugging Face cache simulated with a small file, as torchgeo's tests do: the weights
+    smp would download, already there, load with every connection refused."""
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+    from segmentation_models_pytorch.encoders import encoders, get_encoder
+
+    settings = encoders["mobilenet_v2"]["pretrained_settings"]["imagenet"]
+    torch.manual_seed(3)
+    source = get_encoder("mobilenet_v2", weights=None)
+    snapshot = (tmp_path / "hub" / f"models--{settings['repo_id'].replace('/', '--')}" / "snapshots" / settings["revision"])
+    snapshot.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, snapshot / "model.safetensors")
+    (snapshot / "config.json").write_text("{}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    net = build_model("mobilenet_unet", 3, 1, encoder_weights="imagenet")
+    assert no_network == []
+    for key, value in source.state_dict().items():
+        assert torch.equal(net.net.encoder.state_dict()[key], value), key

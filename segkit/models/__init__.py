@@ -22,7 +22,7 @@ from torch import nn
 
 from segkit.models.segnet import SegNet
 
-__all__ = ["ARCHITECTURES", "MODELS", "SegmentationNet", "build_model", "count_parameters"]
+__all__ = ["ARCHITECTURES", "MODELS", "SegmentationNet", "build_model", "count_parameters", "require_pretrained_weights"]
 
 
 class SegmentationNet(nn.Module):
@@ -97,6 +97,61 @@ def _load_encoder_weights(encoder: nn.Module, path: str | os.PathLike) -> None:
         raise ValueError(f"{path}: encoder weights do not fit the encoder: {err}") from err
 
 
+#: seconds to wait for the weights' host before saying it cannot be reached
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def _hub_weights(encoder_name: str, weights: str) -> tuple[str, str | None, str]:
+    """(repo id, revision, file) of a named pretrained encoder on the Hugging Face hub, where
+    smp 0.6 (its own encoders) and timm (``tu-`` ones) fetch them from."""
+    if encoder_name.startswith("tu-"):
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(encoder_name[3:])
+        hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+        if not hub_id:
+            raise ValueError(f"model.encoder_name={encoder_name}: timm knows no pretrained weights for it on the Hugging "
+                             "Face hub; model.encoder_weights=null trains from scratch, or give a local file")
+        return hub_id, None, "model.safetensors"
+    from segmentation_models_pytorch.encoders import encoders
+
+    settings = encoders.get(encoder_name, {}).get("pretrained_settings", {})
+    if weights not in settings:
+        raise ValueError(f"model.encoder_weights={weights!r}: encoder {encoder_name} has no such pretrained weights; "
+                         f"it has {', '.join(settings) or 'none'} (or give a local .pth file)")
+    return settings[weights]["repo_id"], settings[weights].get("revision"), "model.safetensors"
+
+
+def require_pretrained_weights(encoder_name: str, weights: str) -> None:
+    """Before smp or timm reach for the network: named pretrained weights must be in the
+    Hugging Face cache, or its host reachable within a few seconds. Otherwise raise at once,
+    naming the weights, the cache folder and the way to give a local file (never a hang on
+    a machine without the internet)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    repo_id, revision, filename = _hub_weights(encoder_name, weights)
+    cached = try_to_load_from_cache(repo_id, filename, revision=revision)
+    if isinstance(cached, str):
+        return
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    if constants.HF_HUB_OFFLINE:
+        reason = "HF_HUB_OFFLINE is set"
+    else:
+        try:
+            socket.create_connection((host, 443), timeout=HUB_PROBE_TIMEOUT_S).close()
+            return  # reachable: smp / timm download them into the cache
+        except OSError as err:
+            reason = f"{host} cannot be reached ({err.strerror or type(err).__name__})"
+    raise ValueError(
+        f"model.encoder_weights={weights}: the pretrained weights of encoder {encoder_name} ({repo_id} on the Hugging "
+        f"Face hub) are not in the cache ({constants.HF_HUB_CACHE}) and {reason}. Run once where the internet is "
+        "reachable (the weights are cached for later runs), copy such a cache here (HF_HUB_CACHE), or give a local "
+        "file of the encoder's weights: model.encoder_weights=/path/to/encoder.pth")
+
+
 def _is_path(value: str) -> bool:
     """smp weight names ("imagenet", "ssl", ...) have no separator and no suffix; files do."""
     return os.sep in value or "/" in value or Path(value).suffix != ""
@@ -121,6 +176,8 @@ def _smp_unet(encoder_name: str) -> Callable[..., SegmentationNet]:
         local = encoder_weights is not None and _is_path(str(encoder_weights))
         if local and not Path(str(encoder_weights)).is_file():
             raise FileNotFoundError(f"{encoder_weights}: encoder weights file not found")
+        if encoder_weights is not None and not local:
+            require_pretrained_weights(encoder_name, str(encoder_weights))
         net = smp.Unet(
             encoder_name=encoder_name,
             encoder_weights=None if local else encoder_weights,
@@ -166,6 +223,10 @@ def _smp_any(
     local = encoder_weights is not None and _is_path(str(encoder_weights))
     if local and not Path(str(encoder_weights)).is_file():
         raise FileNotFoundError(f"{encoder_weights}: encoder weights file not found")
+    if encoder_weights is not None and not local:
+        require_pretrained_weights(encoder_name, str(encoder_weights))
+        if encoder_name.startswith("tu-"):
+            encoder_weights = True  # timm: the pretrained variant is the encoder name's tag
     if canonical == "DPT":
         params.setdefault("dynamic_img_size", True)  # timm ViTs are otherwise fixed to their pretraining size
     if encoder_depth is not None:
