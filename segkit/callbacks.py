@@ -93,13 +93,17 @@ class EpochLog(Callback):
             recent = self.durations[-5:]
             parts.append(f"ETA {_duration(sum(recent) / len(recent) * (total - epoch))}")
         line = " | ".join(parts)
-        if console_is_terminal():  # the bar has the console: the line goes to the log files only
-            record = logging.LogRecord(log.name, logging.INFO, __file__, 0, line, None, None)
-            for handler in logging.getLogger().handlers:
-                if isinstance(handler, logging.FileHandler):
-                    handler.handle(record)
-        else:
-            log.info("%s", line)
+        # straight to the run's handlers (Hydra's console and train.log, on the root logger), so
+        # another library's logging set-up cannot silence it; on a terminal the bar has the
+        # console and the line goes to the log files only
+        handlers = [h for h in logging.getLogger().handlers
+                    if not console_is_terminal() or isinstance(h, logging.FileHandler)]
+        if not logging.getLogger().handlers:
+            log.info("%s", line)  # library use without a logging set-up
+        record = logging.LogRecord(log.name, logging.INFO, __file__, 0, line, None, None)
+        for handler in handlers:
+            if record.levelno >= handler.level:
+                handler.handle(record)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best}
