@@ -96,10 +96,11 @@ class EpochLog(Callback):
         # straight to the run's handlers (Hydra's console and train.log, on the root logger), so
         # another library's logging set-up cannot silence it; on a terminal the bar has the
         # console and the line goes to the log files only
-        handlers = [h for h in logging.getLogger().handlers
-                    if not console_is_terminal() or isinstance(h, logging.FileHandler)]
-        if not logging.getLogger().handlers:
+        root = logging.getLogger().handlers
+        if not root:
             log.info("%s", line)  # library use without a logging set-up
+        terminal = console_is_terminal()
+        handlers = [h for h in root if not terminal or isinstance(h, logging.FileHandler)]
         record = logging.LogRecord(log.name, logging.INFO, __file__, 0, line, None, None)
         for handler in handlers:
             if record.levelno >= handler.level:

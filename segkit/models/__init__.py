@@ -157,6 +157,36 @@ def _is_path(value: str) -> bool:
     return os.sep in value or "/" in value or Path(value).suffix != ""
 
 
+def _smp_net(architecture: Callable[..., nn.Module], in_channels: int, num_classes: int, encoder_name: str,
+             encoder_weights: str | None, classification_head: bool, **params: Any) -> nn.Module:
+    """An smp network; ``encoder_weights`` is None, a weight name (checked against the cache
+    and the network first, see :func:`require_pretrained_weights`) or a local file.
+    ``classification_head`` adds an image-level head on the encoder (smp ``aux_params``:
+    average pooling, dropout 0.2, one logit) for classification pretraining stages."""
+    local = encoder_weights is not None and _is_path(str(encoder_weights))
+    if local and not Path(str(encoder_weights)).is_file():
+        raise FileNotFoundError(f"{encoder_weights}: encoder weights file not found")
+    if encoder_weights is not None and not local:
+        require_pretrained_weights(encoder_name, str(encoder_weights))
+        if encoder_name.startswith("tu-"):
+            encoder_weights = True  # timm: the pretrained variant is the encoder name's tag
+    try:
+        net = architecture(
+            encoder_name=encoder_name,
+            encoder_weights=None if local else encoder_weights,
+            in_channels=in_channels,
+            classes=num_classes,
+            aux_params={"classes": 1, "dropout": 0.2, "pooling": "avg"} if classification_head else None,
+            **params,
+        )
+    except KeyError as err:  # smp: "Wrong encoder name `x`, supported encoders: [...]"
+        raise ValueError(f"model.encoder_name={encoder_name!r} is not an encoder {architecture.__name__} can use "
+                         f"(smp.encoders.get_encoder_names() lists smp's; timm's as tu-<name>): {err}") from None
+    if local:
+        _load_encoder_weights(net.encoder, str(encoder_weights))
+    return net
+
+
 def _smp_unet(encoder_name: str) -> Callable[..., SegmentationNet]:
     def build(
         in_channels: int,
@@ -168,28 +198,9 @@ def _smp_unet(encoder_name: str) -> Callable[..., SegmentationNet]:
         classification_head: bool = False,
         **params: Any,
     ) -> SegmentationNet:
-        """smp ``Unet``; ``encoder_weights`` is None, an smp name (downloads!) or a local file.
-
-        ``classification_head`` adds an image-level head on the encoder (smp ``aux_params``:
-        average pooling, dropout 0.2, one logit) for classification pretraining stages.
-        """
-        local = encoder_weights is not None and _is_path(str(encoder_weights))
-        if local and not Path(str(encoder_weights)).is_file():
-            raise FileNotFoundError(f"{encoder_weights}: encoder weights file not found")
-        if encoder_weights is not None and not local:
-            require_pretrained_weights(encoder_name, str(encoder_weights))
-        net = smp.Unet(
-            encoder_name=encoder_name,
-            encoder_weights=None if local else encoder_weights,
-            encoder_depth=encoder_depth,
-            decoder_channels=tuple(decoder_channels),
-            in_channels=in_channels,
-            classes=num_classes,
-            aux_params={"classes": 1, "dropout": 0.2, "pooling": "avg"} if classification_head else None,
-            **params,
-        )
-        if local:
-            _load_encoder_weights(net.encoder, str(encoder_weights))
+        """smp ``Unet`` (see :func:`_smp_net` for the weights and the classification head)."""
+        net = _smp_net(smp.Unet, in_channels, num_classes, encoder_name, encoder_weights, classification_head,
+                       encoder_depth=encoder_depth, decoder_channels=tuple(decoder_channels), **params)
         return SegmentationNet(net, size_multiple=2**encoder_depth, name=f"unet/{encoder_name}")
 
     return build
@@ -220,31 +231,12 @@ def _smp_any(
     canonical = {a.lower(): a for a in ARCHITECTURES}.get(str(arch).lower())
     if canonical is None:
         raise ValueError(f"model.arch={arch!r} is not an smp architecture; choose one of {', '.join(ARCHITECTURES)}")
-    local = encoder_weights is not None and _is_path(str(encoder_weights))
-    if local and not Path(str(encoder_weights)).is_file():
-        raise FileNotFoundError(f"{encoder_weights}: encoder weights file not found")
-    if encoder_weights is not None and not local:
-        require_pretrained_weights(encoder_name, str(encoder_weights))
-        if encoder_name.startswith("tu-"):
-            encoder_weights = True  # timm: the pretrained variant is the encoder name's tag
     if canonical == "DPT":
         params.setdefault("dynamic_img_size", True)  # timm ViTs are otherwise fixed to their pretraining size
     if encoder_depth is not None:
         params["encoder_depth"] = encoder_depth
-    try:
-        net = getattr(smp, canonical)(
-            encoder_name=encoder_name,
-            encoder_weights=None if local else encoder_weights,
-            in_channels=in_channels,
-            classes=num_classes,
-            aux_params={"classes": 1, "dropout": 0.2, "pooling": "avg"} if classification_head else None,
-            **params,
-        )
-    except KeyError as err:  # smp: "Wrong encoder name `x`, supported encoders: [...]"
-        raise ValueError(f"model.encoder_name={encoder_name!r} is not an encoder {canonical} can use "
-                         f"(smp.encoders.get_encoder_names() lists smp's; timm's as tu-<name>): {err}") from None
-    if local:
-        _load_encoder_weights(net.encoder, str(encoder_weights))
+    net = _smp_net(getattr(smp, canonical), in_channels, num_classes, encoder_name, encoder_weights,
+                   classification_head, **params)
     multiple = int(getattr(net.encoder, "output_stride", 2 ** (encoder_depth or 5)))
     return SegmentationNet(net, size_multiple=multiple, name=f"{canonical}/{encoder_name}",
                            min_size=MIN_SIDE.get(canonical, 0))
