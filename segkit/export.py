@@ -192,7 +192,8 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": str(ckpt),
         "format": fmt,
         "file": str(output),
-        "input": {"name": "image", "layout": "NCHW float32, normalised as preprocessing.normalize says",
+        "input": {"name": "image", "layout": ("NCHW float32, normalised as preprocessing.normalize says (albumentations "
+                  "Normalize arguments; null: pixels / the dtype's maximum; max_pixel_value null: the dtype's maximum)"),
                   "channels": channels, "size_multiple": multiple, "dynamic": ["batch", "height", "width"]},
         "output": {"name": "output", "values": str(cfg.activation),
                    "activation": "sigmoid" if loaded.num_classes == 1 else "softmax"},

@@ -23,10 +23,11 @@ from segkit.callbacks import AtomicCheckpointIO, EpochLog, EpochSeeder, MetricsH
 from segkit.checkpoint import read_checkpoint
 from segkit.data.class_stats import read_class_weights
 from segkit.data.datasets import label_count
-from segkit.models import count_parameters
+from segkit.models import INPUT_OPTIONS, count_parameters, pretraining_statistics
 from segkit.module import SegmentationModule
 
-__all__ = ["LR_FIND_DEFAULTS", "agree_class_names", "build_module", "check_input_size", "fit_stage", "resolve_loss_config"]
+__all__ = ["LR_FIND_DEFAULTS", "agree_class_names", "build_module", "check_input_size", "fit_stage", "pretrained_normalize",
+           "resolve_loss_config"]
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,29 @@ def agree_class_names(cfg: DictConfig) -> dict[str, Any]:
     return {}
 
 
+def pretrained_normalize(cfg: DictConfig) -> dict[str, Any]:
+    """``{"normalize": ...}`` with the encoder's pretraining mean/std when the model starts from
+    named pretrained weights (and ``model.normalize_from_weights`` is not false); else ``{}``.
+    ``max_pixel_value`` stays the data's (its images' range: 65535 for 16-bit SAR), or the
+    image dtype's peak where the data normalised per image."""
+    model = _container(cfg.model)
+    if not model.get("normalize_from_weights", INPUT_OPTIONS["normalize_from_weights"]):
+        return {}
+    stats = pretraining_statistics(model, int(cfg.data.in_channels))
+    if stats is None:
+        return {}
+    data_normalize = _container(cfg.data.get("normalize")) or {}
+    standard = data_normalize.get("normalization", "standard") == "standard" and data_normalize
+    normalize = {"mean": stats["mean"], "std": stats["std"],
+                 "max_pixel_value": data_normalize.get("max_pixel_value", 255.0) if standard else None}
+    if normalize != {k: data_normalize.get(k) for k in normalize}:
+        fmt = lambda values: "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
+        log.info("normalize: mean %s, std %s of the pretrained encoder (%s) in place of data.normalize %s; "
+                 "model.normalize_from_weights=false keeps data.normalize", fmt(stats["mean"]), fmt(stats["std"]),
+                 stats["source"], data_normalize or "null")
+    return {"normalize": normalize}
+
+
 def build_module(cfg: DictConfig, datamodule: Any = None, **overrides: Any) -> SegmentationModule:
     """The module ``cfg`` describes; class names default to the dataset's (``dice/ship``)."""
     module_cfg = _container(cfg.module)
@@ -136,7 +160,8 @@ def fit_stage(
     with open_dict(cfg):
         cfg.paths.run_dir = str(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    datamodule = instantiate(cfg.data, **{**agree_class_names(cfg), **(data_overrides or {})}, _convert_="all")
+    data_overrides = {**pretrained_normalize(cfg), **(data_overrides or {})}
+    datamodule = instantiate(cfg.data, **{**agree_class_names(cfg), **data_overrides}, _convert_="all")
     module = build_module(cfg, datamodule, **(module_overrides or {}))
     check_input_size(datamodule, module)
     check_monitor(cfg.monitor.metric, module)

@@ -134,6 +134,10 @@ def test_group_yaml_defaults_equal_the_python_defaults(group):
 
             factory = SegNet if name == "segnet" else MODELS[name]
         defaults = _python_defaults(factory)
+        if group == "model":
+            from segkit.models import INPUT_OPTIONS
+
+            defaults.update(INPUT_OPTIONS)  # options on the inputs, which every model config may carry
         for key, yaml_value in params.items():
             assert key in defaults, f"{path.name}: {key} is no parameter of {name}"
             if shortcut:

@@ -148,3 +148,93 @@ def test_named_weights_in_the_cache_load_without_the_network(no_network, tmp_pat
     assert no_network == []
     for key, value in source.state_dict().items():
         assert torch.equal(net.net.encoder.state_dict()[key], value), key
+
+
+def _cached_smp_config(tmp_path, monkeypatch, encoder: str, config: dict) -> None:
+    """The config.json smp downloads beside an encoder's weights, in a simulated cache."""
+    import json
+
+    from huggingface_hub import constants
+    from segmentation_models_pytorch.encoders import encoders
+
+    settings = encoders[encoder]["pretrained_settings"]["imagenet"]
+    snapshot = (tmp_path / "hub" / f"models--{settings['repo_id'].replace('/', '--')}" / "snapshots" / settings["revision"])
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (snapshot / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+
+def test_pretraining_statistics_come_from_the_weights_own_config(no_network, tmp_path, monkeypatch):
+    from segkit.models import pretraining_statistics
+
+    _cached_smp_config(tmp_path, monkeypatch, "resnet34", {"mean": [0.1, 0.2, 0.6], "std": [0.3, 0.2, 0.1]})
+    stats = pretraining_statistics({"name": "unet", "encoder_weights": "imagenet"}, 3)
+    assert stats["mean"] == [0.1, 0.2, 0.6] and stats["std"] == [0.3, 0.2, 0.1]
+    assert "smp-hub/resnet34.imagenet" in stats["source"]
+    # one channel: smp sums the first convolution's RGB weights, so the RGB means; four: they repeat
+    one = pretraining_statistics({"name": "smp", "encoder_name": "resnet34", "encoder_weights": "imagenet"}, 1)
+    assert one["mean"] == pytest.approx([0.3]) and one["std"] == pytest.approx([0.2])
+    four = pretraining_statistics({"name": "smp", "encoder_name": "resnet34", "encoder_weights": "imagenet"}, 4)
+    assert four["mean"] == [0.1, 0.2, 0.6, 0.1]
+    # configs in 0..255 units (input_range) become fractions of the pixel range
+    _cached_smp_config(tmp_path, monkeypatch, "resnet34", {"mean": [25.5, 51.0, 102.0], "std": [51.0, 51.0, 51.0],
+                                                           "input_range": [0, 255]})
+    assert pretraining_statistics({"name": "unet", "encoder_weights": "imagenet"}, 3)["mean"] == pytest.approx([0.1, 0.2, 0.4])
+    # timm's encoders keep them in timm's pretrained config, nothing to fetch
+    tu = pretraining_statistics({"name": "smp", "encoder_name": "tu-resnet18", "encoder_weights": "imagenet"}, 3)
+    assert tu["mean"] == pytest.approx([0.485, 0.456, 0.406]) and tu["std"] == pytest.approx([0.229, 0.224, 0.225])
+    # from scratch, a local file, an architecture without an encoder: the data's normalisation stays
+    for model in ({"name": "unet", "encoder_weights": None}, {"name": "unet", "encoder_weights": str(tmp_path / "e.pth")},
+                  {"name": "segnet"}):
+        assert pretraining_statistics(model, 3) is None
+    assert no_network == []
+    # a config without statistics is named, with the way around it
+    _cached_smp_config(tmp_path, monkeypatch, "resnet34", {"input_space": "RGB"})
+    with pytest.raises(ValueError, match=r"config.json: the config of smp-hub/resnet34.imagenet gives no readable "
+                                         r"mean/std .*model.normalize_from_weights=false"):
+        pretraining_statistics({"name": "unet", "encoder_weights": "imagenet"}, 3)
+
+
+def test_pretraining_statistics_offline_and_not_cached_fail_at_once(no_network, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from segkit.models import pretraining_statistics
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(ValueError, match=r"encoder mobilenet_v2 .* are not in the cache"):
+        pretraining_statistics({"name": "mobilenet_unet", "encoder_weights": "imagenet"}, 3)
+    assert no_network == [("huggingface.co", 443)]
+
+
+def test_training_from_pretrained_weights_normalises_with_their_statistics(no_network, tmp_path, monkeypatch, caplog):
+    """The run's checkpoint (what predict, eval and export apply) carries the encoder's pretraining
+    mean/std in place of the dataset's; normalize_from_weights=false keeps the dataset's."""
+    import logging
+
+    from safetensors.torch import save_file
+    from segmentation_models_pytorch.encoders import encoders, get_encoder
+
+    from segkit.checkpoint import load_checkpoint
+    from segkit.train import run_training
+    from tests.helpers import compose_config
+
+    _cached_smp_config(tmp_path, monkeypatch, "mobilenet_v2", {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]})
+    settings = encoders["mobilenet_v2"]["pretrained_settings"]["imagenet"]
+    snapshot = (tmp_path / "hub" / f"models--{settings['repo_id'].replace('/', '--')}" / "snapshots" / settings["revision"])
+    save_file({k: v.contiguous() for k, v in get_encoder("mobilenet_v2", weights=None).state_dict().items()},
+              snapshot / "model.safetensors")
+    common = ["dataset=synthetic", "data.num_images=8", "data.size=64", "data.image_size=64", "data.batch_size=4",
+              f"data.cache_dir={tmp_path / 'work'}", "trainer.fast_dev_run=1", "logger=csv", "model=mobilenet_unet",
+              "model.encoder_weights=imagenet"]
+    with caplog.at_level(logging.INFO, logger="segkit.stage"):
+        summary = run_training(compose_config("train", [*common, f"paths.run_dir={tmp_path / 'run'}"]))
+    normalize = load_checkpoint(summary["last_checkpoint"]).preprocessing["normalize"]
+    assert normalize == {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6], "max_pixel_value": 255.0}
+    assert ("normalize: mean [0.100, 0.200, 0.300], std [0.400, 0.500, 0.600] of the pretrained encoder "
+            "(smp-hub/mobilenet_v2.imagenet (config.json)) in place of data.normalize") in caplog.text
+    kept = run_training(compose_config("train", [*common, "model.normalize_from_weights=false",
+                                                 f"paths.run_dir={tmp_path / 'run2'}"]))
+    normalize = load_checkpoint(kept["last_checkpoint"]).preprocessing["normalize"]
+    assert normalize == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "max_pixel_value": 255.0}
+    assert no_network == []

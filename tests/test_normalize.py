@@ -93,7 +93,7 @@ def test_fixed_statistics_reach_the_device_once_not_every_batch(monkeypatch):
     for _ in range(3):
         assert torch.equal(normalizer(batch), first)
     assert [c for c in copies if c != ((torch.float32,), {"copy": True})] == []  # only the images' own conversion
-    assert list(normalizer._on_device) == [("cpu", 3)]
+    assert list(normalizer._on_device) == [("cpu", 3, 255.0)]
 
 
 def test_the_module_refuses_batches_that_were_not_normalised():
@@ -102,3 +102,17 @@ def test_the_module_refuses_batches_that_were_not_normalised():
     raw = {"image": torch.zeros(2, 32, 32, 3, dtype=torch.uint8), "mask": torch.zeros(2, 32, 32, dtype=torch.uint8)}
     with pytest.raises(TypeError, match=r"uint8 images of shape \(2, 32, 32, 3\), not normalised.*prepare_batch"):
         module.training_step(raw, 0)
+
+
+@pytest.mark.parametrize("dtype, channels", [(np.uint8, 3), (np.uint16, 3), (np.uint16, 1)])
+def test_max_pixel_value_null_is_the_dtype_range(dtype, channels):
+    """``max_pixel_value: null`` (what pretrained-encoder statistics get where the data normalised
+    per image): the range of the batch's dtype, i.e. albumentations with 255 or 65535."""
+    mean, std = [0.1, 0.5, 0.3][:channels], [0.2, 0.25, 0.4][:channels]
+    normalizer = Normalizer({"mean": mean, "std": std, "max_pixel_value": None})
+    batch = images(dtype, channels)
+    out = normalizer(torch.from_numpy(np.stack(batch))).permute(0, 2, 3, 1).numpy()
+    top = float(np.iinfo(dtype).max)
+    for got, image in zip(out, batch):
+        expected = albumentations_normalize(image, {"mean": mean, "std": std, "max_pixel_value": top})
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)

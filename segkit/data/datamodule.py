@@ -461,7 +461,10 @@ class SegmentationDataModule(FileChecks, L.LightningDataModule):
         path = self.image_stats_path
         items = self.items()
         train = [items[i] for i in self.split(items)[0]]
-        scale = float((self.normalize or {}).get("max_pixel_value", 255.0))
+        scale = (self.normalize or {}).get("max_pixel_value", 255.0)
+        if scale is None:  # null: the images' dtype range, as the Normalizer reads it
+            scale = float(np.iinfo(self.image_dtype).max) if self.image_dtype in ("uint8", "uint16") else 255.0
+        scale = float(scale)
         fingerprint = stat_fingerprint((item.image for item in train), salt=f"{scale}|{self.in_channels}")
         if path.is_file() and json.loads(path.read_text()).get("fingerprint") == fingerprint:
             return f"image statistics {path} are up to date"

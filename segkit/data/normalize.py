@@ -61,9 +61,11 @@ class Normalizer:
             for key, value in (("mean", mean), ("std", std)):
                 if isinstance(value, str):
                     raise ValueError(f"normalize.{key}: {value!r} must be resolved to numbers first")
-            peak = float(self.spec.get("max_pixel_value", 255.0))
-            self._mean = torch.as_tensor(mean, dtype=torch.float64).flatten() * peak
-            self._scale = 1.0 / (torch.as_tensor(std, dtype=torch.float64).flatten() * peak)
+            # max_pixel_value null: the range of the images' dtype (255 for uint8, 65535 for uint16)
+            peak = self.spec.get("max_pixel_value", 255.0)
+            self._peak = None if peak is None else float(peak)
+            self._mean_unit = torch.as_tensor(mean, dtype=torch.float64).flatten()
+            self._std_unit = torch.as_tensor(std, dtype=torch.float64).flatten()
         # the fixed mean/scale as float32 (1, 1, 1, C) on each device they were used on: copied
         # there once, not with a blocking host->device copy on every batch
         self._on_device: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -80,16 +82,18 @@ class Normalizer:
             scale = torch.full(shape, 1.0 / _dtype_peak(source_dtype), **kwargs)
             return torch.zeros(shape, **kwargs), scale, None
         if self.mode == "standard":
-            key = (str(images.device), channels)
+            peak = self._peak if self._peak is not None else _dtype_peak(source_dtype)
+            key = (str(images.device), channels, peak)
             if key not in self._on_device:
-                if self._mean.numel() not in (1, channels) or self._scale.numel() not in (1, channels):
+                if self._mean_unit.numel() not in (1, channels) or self._std_unit.numel() not in (1, channels):
                     raise ValueError(
-                        f"normalize: mean/std have {self._mean.numel()}/{self._scale.numel()} values "
+                        f"normalize: mean/std have {self._mean_unit.numel()}/{self._std_unit.numel()} values "
                         f"but the images have {channels} channel(s)"
                     )
+                mean, scale = self._mean_unit * peak, 1.0 / (self._std_unit * peak)
                 self._on_device[key] = tuple(
                     v.to(torch.float32).expand(channels).reshape(1, 1, 1, channels).contiguous().to(images.device)
-                    for v in (self._mean, self._scale))
+                    for v in (mean, scale))
             offset, scale = self._on_device[key]
             return offset.expand(shape), scale.expand(shape), None
         values = images if images.dtype == torch.float32 else images.float()

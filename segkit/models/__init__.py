@@ -22,7 +22,8 @@ from torch import nn
 
 from segkit.models.segnet import SegNet
 
-__all__ = ["ARCHITECTURES", "MODELS", "SegmentationNet", "build_model", "count_parameters", "require_pretrained_weights"]
+__all__ = ["ARCHITECTURES", "INPUT_OPTIONS", "MODELS", "SegmentationNet", "build_model", "count_parameters", "pretraining_statistics",
+           "require_pretrained_weights"]
 
 
 class SegmentationNet(nn.Module):
@@ -152,6 +153,67 @@ def require_pretrained_weights(encoder_name: str, weights: str) -> None:
         "file of the encoder's weights: model.encoder_weights=/path/to/encoder.pth")
 
 
+#: model options about the inputs rather than the network, with their defaults:
+#: ``normalize_from_weights``: named pretrained weights bring their pretraining mean/std
+INPUT_OPTIONS = {"normalize_from_weights": True}
+#: the encoder each registered smp model uses when ``encoder_name`` is not given
+DEFAULT_ENCODER = {"unet": "resnet34", "mobilenet_unet": "mobilenet_v2", "smp": "resnet34"}
+
+
+def _per_channel(values: list[float], channels: int) -> list[float]:
+    """RGB statistics for ``channels`` input channels the way smp adapts the first convolution
+    of a pretrained encoder: one channel gets the RGB weights summed (so the RGB mean of the
+    statistics), more than three repeat them in turn (so the statistics repeat too)."""
+    if channels == len(values):
+        return values
+    if channels == 1:
+        return [sum(values) / len(values)]
+    return [values[i % len(values)] for i in range(channels)]
+
+
+def pretraining_statistics(model: dict[str, Any], channels: int) -> dict[str, Any] | None:
+    """The input ``mean``/``std`` (fractions of the pixel range, one per image channel) that
+    the model's named pretrained encoder weights were trained with, and where they were
+    read; ``None`` when the model has no named weights (from scratch, a local file, SegNet).
+
+    timm (``tu-`` encoders) keeps them in its pretrained config; smp's own encoders in the
+    ``config.json`` that smp downloads with the weights into the Hugging Face cache (read from
+    the cache; fetched only where the weights would be, see :func:`require_pretrained_weights`)."""
+    weights = model.get("encoder_weights")
+    encoder = model.get("encoder_name") or DEFAULT_ENCODER.get(str(model.get("name")))
+    if weights is None or encoder is None or _is_path(str(weights)):
+        return None
+    if encoder.startswith("tu-"):
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(encoder[3:])
+        if cfg is None or not cfg.mean or not cfg.std:
+            raise ValueError(f"model.encoder_name={encoder}: timm keeps no pretraining mean/std for it; "
+                             "model.normalize_from_weights=false normalises with data.normalize instead")
+        mean, std, source = list(cfg.mean), list(cfg.std), f"timm's pretrained config of {encoder[3:]}"
+        top = 1.0
+    else:
+        import json
+
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+        repo_id, revision, _ = _hub_weights(encoder, str(weights))
+        path = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+        if not isinstance(path, str):
+            require_pretrained_weights(encoder, str(weights))  # offline: the same quick, clear refusal
+            path = hf_hub_download(repo_id, "config.json", revision=revision)
+        try:
+            settings = json.loads(Path(path).read_text())
+            mean, std = [float(v) for v in settings["mean"]], [float(v) for v in settings["std"]]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: the config of {repo_id} gives no readable mean/std ({type(err).__name__}: {err}); "
+                             "model.normalize_from_weights=false normalises with data.normalize instead") from None
+        top = float(list(settings.get("input_range", [0, 1]))[-1]) or 1.0
+        source = f"{repo_id} (config.json)"
+    return {"mean": _per_channel([m / top for m in mean], channels),
+            "std": _per_channel([s / top for s in std], channels), "source": source}
+
+
 def _is_path(value: str) -> bool:
     """smp weight names ("imagenet", "ssl", ...) have no separator and no suffix; files do."""
     return os.sep in value or "/" in value or Path(value).suffix != ""
@@ -259,6 +321,8 @@ def build_model(name: str, in_channels: int, num_classes: int, **params: Any) ->
     """Build a registered model; ``params`` are the model's own options (see ``conf/model``)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
+    for key in INPUT_OPTIONS:  # how inputs are normalised (segkit.stage.pretrained_normalize), not the network
+        params.pop(key, None)
     return MODELS[name](in_channels=in_channels, num_classes=num_classes, **params)
 
 
