@@ -23,7 +23,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[dev,sweep,export]'
+	$(PY) -m pip install --quiet -e '.[dev,sweep,export,loggers]'
 	@touch $(STAMP)
 
 demo: setup
@@ -37,7 +37,7 @@ lint: setup
 
 # the bench extra: MONAI, the peer the sliding-window benchmark compares with (never a runtime dependency)
 $(VENV)/.segkit-bench: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,sweep,export,bench]'
+	$(PY) -m pip install --quiet -e '.[dev,sweep,export,loggers,bench]'
 	@touch $@
 
 bench: setup $(VENV)/.segkit-bench

@@ -20,7 +20,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from segkit.data.io import temporary_path
 
-__all__ = ["AtomicCheckpointIO", "EpochLog", "EpochSeeder", "MetricsHistory", "console_is_terminal"]
+__all__ = ["AtomicCheckpointIO", "EpochLog", "EpochSeeder", "MetricsHistory", "ValidationImages", "console_is_terminal"]
 
 log = logging.getLogger("segkit.train")
 
@@ -117,6 +117,78 @@ def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class ValidationImages(Callback):
+    """A few validation images with their ground truth and the model's prediction, as
+    overlays, in the run's TensorBoard (and W&B / MLflow where those log): one picture of
+    ``num_images`` rows of ``image | ground truth | prediction``, under ``val/images``.
+
+    The same images every time (the first of the validation set, which is not shuffled), so
+    the pictures show the model learning them; logged at the first epoch, every
+    ``every_n_epochs`` after it and at the last. The prediction is one more forward pass of
+    those images in evaluation mode: nothing random is drawn, so a resumed run replays the
+    same epochs. Each tile is shrunk to ``max_side`` pixels.
+    """
+
+    def __init__(self, every_n_epochs: int = 5, num_images: int = 4, max_side: int = 256) -> None:
+        if every_n_epochs < 1 or num_images < 1 or max_side < 16:
+            raise ValueError("callbacks.validation_images: every_n_epochs and num_images must be >= 1, max_side >= 16 "
+                             "(callbacks.validation_images=null turns the images off)")
+        self.every_n_epochs = every_n_epochs
+        self.num_images = num_images
+        self.max_side = max_side
+        self._rows: list[np.ndarray] = []
+
+    def _due(self, trainer: L.Trainer) -> bool:
+        if trainer.sanity_checking or not trainer.is_global_zero or not trainer.loggers:
+            return False
+        epoch = trainer.current_epoch
+        return epoch % self.every_n_epochs == 0 or epoch == (trainer.max_epochs or 0) - 1
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._rows = []
+
+    @torch.no_grad()
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if len(self._rows) >= self.num_images or not self._due(trainer):
+            return
+        if getattr(pl_module, "task", "segmentation") != "segmentation" or "mask" not in batch:
+            return  # a classification stage: nothing to draw
+        from segkit.data.datasets import label_count
+        from segkit.visualize import _shrink, overlay
+
+        take = self.num_images - len(self._rows)
+        images = batch["image"][:take]
+        labels = pl_module.predict_labels(pl_module(images)).cpu().numpy()
+        masks = batch["mask"][:take].cpu().numpy()
+        ignore = pl_module.hparams.get("ignore_index")
+        num_labels = label_count(pl_module.hparams.num_classes)
+        names = pl_module.hparams.get("class_names")
+        for image, mask, prediction in zip(images.float().permute(0, 2, 3, 1).cpu().numpy(), masks, labels):
+            if ignore is not None:
+                mask = np.where(mask == ignore, 0, mask)
+            tiles = [overlay(image, np.zeros_like(mask), num_labels), overlay(image, mask, num_labels, class_names=names),
+                     overlay(image, prediction, num_labels)]
+            self._rows.append(np.concatenate([_shrink(t, self.max_side) for t in tiles], axis=1))
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._rows or not self._due(trainer):
+            return
+        width = max(r.shape[1] for r in self._rows)
+        picture = np.concatenate([np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0))) for r in self._rows], axis=0)
+        self._rows = []
+        step, key = trainer.current_epoch, "val/images"
+        for logger in trainer.loggers:
+            kind = type(logger).__name__
+            if kind == "TensorBoardLogger":
+                logger.experiment.add_image(key, picture, global_step=step, dataformats="HWC")
+            elif kind == "WandbLogger":
+                logger.log_image(key=key, images=[picture], step=trainer.global_step,
+                                 caption=[f"epoch {step + 1}: image | ground truth | prediction"])
+            elif kind == "MLFlowLogger" and hasattr(logger.experiment, "log_image"):
+                logger.experiment.log_image(logger.run_id, picture, key=key.replace("/", "_"), step=step)
 
 
 def epoch_seed(seed: int, stage: int, epoch: int) -> int:

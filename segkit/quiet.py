@@ -42,6 +42,8 @@ NOISE_LOG_MESSAGES: tuple[tuple[str, str], ...] = (
     ("lightning.pytorch.utilities.rank_zero", r"`Trainer\(val_check_interval=1\.0\)` was configured so validation will run"),
     # on a machine without a TPU ("GPU available: ..." stays: it says whether the GPU is used)
     ("lightning.pytorch.utilities.rank_zero", r"TPU available: False"),
+    # MLflow's first run in a new store (logger=mlflow): the experiment is created, as meant
+    ("lightning.pytorch.loggers.mlflow", r"Experiment with name .* not found\. Creating it\."),
 )
 
 # deprecation warnings attributed to code of these packages (one dependency about another,
@@ -53,6 +55,7 @@ DEPENDENCY_MODULES: tuple[str, ...] = (
     "onnx", "onnxscript", "onnx_ir", "onnxruntime", "matplotlib", "PIL", "pydantic", "huggingface_hub",
     "safetensors", "tensorboard", "tensorboardX", "google.protobuf", "pkg_resources", "rich", "tqdm",
     "pandas", "numpy", "scipy", "cv2", "tifffile", "imagecodecs", "optuna", "submitit", "sqlalchemy",
+    "mlflow", "wandb",
 )
 _DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 
