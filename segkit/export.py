@@ -27,7 +27,7 @@ from torch import nn
 from segkit.checkpoint import load_checkpoint
 from segkit.data.io import refuse_overwrite, require_writable, temporary_path, write_json_atomic
 
-__all__ = ["ExportParityError", "ExportedNet", "export_onnx", "export_torchscript", "run_export"]
+__all__ = ["ExportParityError", "ExportedNet", "export_checked", "export_onnx", "export_torchscript", "run_export"]
 
 log = logging.getLogger(__name__)
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -35,7 +35,15 @@ FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript"}
 
 
 class ExportParityError(ValueError):
-    """The exported model does not give PyTorch's outputs (or does not run) on the checked inputs."""
+    """The exported model does not give PyTorch's outputs (or does not run) on the checked inputs.
+
+    ``other_size``: it failed only on an input of another height/width than it was exported
+    at (``reason`` says how), which a fixed-size export avoids."""
+
+    def __init__(self, message: str, other_size: bool = False, reason: str = "") -> None:
+        super().__init__(message)
+        self.other_size = other_size
+        self.reason = reason
 
 
 _PARITY_HELP = {
@@ -64,9 +72,12 @@ class ExportedNet(nn.Module):
         return torch.sigmoid(logits) if self.binary else torch.softmax(logits, dim=1)
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
-    """ONNX via the ``torch.export`` exporter, batch/height/width dynamic."""
-    dims = {0: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic_size: bool = True) -> None:
+    """ONNX via the ``torch.export`` exporter: batch dynamic, height and width too where
+    ``dynamic_size``. ``example`` should have a batch of 2 or more: ``torch.export``
+    specialises a dimension it sees as 1 (Segformer's and DPT's batch were fixed that way)."""
+    auto = torch.export.Dim.AUTO
+    dims = {0: auto, 2: auto, 3: auto} if dynamic_size else {0: auto}
     quiet = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir")]
     levels = [logger.level for logger in quiet]
     for logger in quiet:  # the graph optimiser logs every initializer it merges
@@ -104,6 +115,81 @@ def _runner(fmt: str, path: Path):
         warnings.simplefilter("ignore", FutureWarning)
         loaded = torch.jit.load(str(path), map_location="cpu")
     return lambda x: loaded(x).detach().numpy()
+
+
+def _export_and_check(fmt: str, model: nn.Module, example: torch.Tensor, path: Path, name: str, multiple: int,
+                      dynamic: bool, opset: int, atol: float, rtol: float) -> list[dict[str, Any]]:
+    """Export ``model`` to ``path`` and run it against PyTorch: at the export size with batches
+    2 and 1, and (``dynamic``) batch 1 at a larger size. Parity: max |diff| <= atol + rtol *
+    max |PyTorch output| (the outputs' scale: logits of tens differ by 1e-4 in float32 where
+    a value crosses zero, which an element-wise tolerance would call a failure)."""
+    _, channels, height, width = example.shape
+    shapes = [(2, channels, height, width), (1, channels, height, width)]
+    if dynamic:
+        shapes[1] = (1, channels, height + 2 * multiple, width + multiple)
+    step = time.perf_counter()
+    log.info("exporting to %s at %dx%d (%s; %s)", FORMAT_NAMES[fmt], height, width,
+             f"opset {opset}" if fmt == "onnx" else "traced",
+             "batch, height and width stay dynamic" if dynamic else "the batch stays dynamic, the size is fixed")
+    if fmt == "onnx":
+        export_onnx(model, example, path, opset, dynamic_size=dynamic)
+    else:
+        export_torchscript(model, example, path)
+    log.info("exported in %.1f s; checking parity with PyTorch on two inputs: %s",
+             time.perf_counter() - step, " and ".join("x".join(map(str, shape)) for shape in shapes))
+    run = _runner(fmt, path)
+    generator = torch.Generator().manual_seed(1)
+    checks = []
+    for shape in shapes:
+        other_size = tuple(shape[2:]) != (height, width)
+        x = torch.randn(*shape, generator=generator)
+        with torch.no_grad():
+            reference = model(x).numpy()
+        try:
+            got = run(x)
+        except Exception as err:  # noqa: BLE001 — the runtime's own error, on a shape the export should take
+            reason = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+            raise ExportParityError(
+                f"the {fmt} export of {name} does not run on input {shape} ({reason}): the exporter fixed a size or "
+                f"batch that should stay dynamic; nothing written. {_PARITY_HELP[fmt]}",
+                other_size=other_size, reason="it does not run at other sizes") from None
+        if got.shape != reference.shape:
+            raise ExportParityError(f"{fmt} output shape {got.shape} != PyTorch {reference.shape} for input {shape}; "
+                                    f"nothing written. {_PARITY_HELP[fmt]}", other_size=other_size,
+                                    reason="its output has the wrong shape at other sizes")
+        diff = float(np.abs(got - reference).max())
+        scale = float(np.abs(reference).max())
+        ok = bool(diff <= atol + rtol * scale)
+        checks.append({"input": list(shape), "max_abs_diff": diff, "max_abs_output": scale, "ok": ok})
+        if not ok:
+            raise ExportParityError(
+                f"{fmt} export of {name} differs from PyTorch on input {shape}: max |diff| {diff:.3g} against "
+                f"outputs up to {scale:.3g} (allowed: atol {atol:g} + rtol {rtol:g} x {scale:.3g}); nothing "
+                f"written. {_PARITY_HELP[fmt]}", other_size=other_size, reason=f"max |diff| {diff:.3g} at other sizes")
+    return checks
+
+
+def export_checked(fmt: str, model: nn.Module, example: torch.Tensor, path: Path, name: str, multiple: int,
+                   dynamic_size: str = "auto", opset: int = 18, atol: float = 1e-4, rtol: float = 1e-3,
+                   ) -> tuple[list[dict[str, Any]], bool]:
+    """Export ``model`` to ``path`` and check it against PyTorch (:func:`_export_and_check`);
+    ``dynamic_size`` ``auto`` exports again with the size fixed (and warns) when the dynamic
+    export fails only at other sizes, ``true`` raises then, ``false`` fixes it at once.
+    Returns the checks and whether height and width are dynamic."""
+    mode = str(dynamic_size).lower()
+    if mode not in ("auto", "true", "false"):
+        raise ValueError(f"dynamic_size={dynamic_size}: choose auto, true or false")
+    _, _, height, width = example.shape
+    try:
+        return _export_and_check(fmt, model, example, path, name, multiple, mode != "false", opset, atol, rtol), mode != "false"
+    except ExportParityError as err:
+        if mode != "auto" or not err.other_size:
+            raise
+        log.warning("the %s export of %s does not run right on other sizes than %dx%d (%s): exporting again with "
+                    "height and width fixed to %dx%d (the batch stays dynamic). Feed it images or windows of that "
+                    "size, or export at your image size with size=[height,width]", fmt, name, height, width, err.reason,
+                    height, width)
+    return _export_and_check(fmt, model, example, path, name, multiple, False, opset, atol, rtol), False
 
 
 def run_export(cfg: DictConfig) -> dict[str, Any]:
@@ -146,44 +232,12 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     model = ExportedNet(loaded.module.net.net, str(cfg.activation), binary=loaded.num_classes == 1).eval()
     channels = int(prep["in_channels"])
     generator = torch.Generator().manual_seed(0)
-    example = torch.randn(1, channels, height, width, generator=generator)
+    example = torch.randn(2, channels, height, width, generator=generator)
 
     tmp = temporary_path(output)
-    shapes = [(2, channels, height, width), (1, channels, height + 2 * multiple, width + multiple)]
     try:
-        step = time.perf_counter()
-        log.info("exporting to %s at %dx%d (%s; batch, height and width stay dynamic)", FORMAT_NAMES[fmt], height, width,
-                 f"opset {cfg.opset}" if fmt == "onnx" else "traced")
-        if fmt == "onnx":
-            export_onnx(model, example, tmp, int(cfg.opset))
-        else:
-            export_torchscript(model, example, tmp)
-        log.info("exported in %.1f s; checking parity with PyTorch on two input sizes: %s",
-                 time.perf_counter() - step, " and ".join("x".join(map(str, shape)) for shape in shapes))
-        run = _runner(fmt, tmp)
-        checks = []
-        for shape in shapes:
-            x = torch.randn(*shape, generator=generator)
-            with torch.no_grad():
-                reference = model(x).numpy()
-            try:
-                got = run(x)
-            except Exception as err:  # noqa: BLE001 — the runtime's own error, on a shape the export should take
-                raise ExportParityError(
-                    f"the {fmt} export of {loaded.module.net.name} does not run on input {shape} "
-                    f"({type(err).__name__}: {' '.join(str(err).split())[:200]}): the exporter fixed a size or batch "
-                    f"that should stay dynamic; nothing written. {_PARITY_HELP[fmt]}") from None
-            if got.shape != reference.shape:
-                raise ExportParityError(f"{fmt} output shape {got.shape} != PyTorch {reference.shape} for input {shape}; "
-                                        f"nothing written. {_PARITY_HELP[fmt]}")
-            diff = float(np.abs(got - reference).max())
-            ok = bool(np.allclose(got, reference, rtol=float(cfg.rtol), atol=float(cfg.atol)))
-            checks.append({"input": list(shape), "max_abs_diff": diff, "ok": ok})
-            if not ok:
-                raise ExportParityError(
-                    f"{fmt} export of {loaded.module.net.name} differs from PyTorch on input {shape}: max |diff| "
-                    f"{diff:.3g} (atol {cfg.atol}, rtol {cfg.rtol}); nothing written. {_PARITY_HELP[fmt]}"
-                )
+        checks, dynamic = export_checked(fmt, model, example, tmp, loaded.module.net.name, multiple,
+                                         str(cfg.get("dynamic_size", "auto")), int(cfg.opset), float(cfg.atol), float(cfg.rtol))
         os.replace(tmp, output)
     finally:
         if tmp.exists():
@@ -194,7 +248,9 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         "file": str(output),
         "input": {"name": "image", "layout": ("NCHW float32, normalised as preprocessing.normalize says (albumentations "
                   "Normalize arguments; null: pixels / the dtype's maximum; max_pixel_value null: the dtype's maximum)"),
-                  "channels": channels, "size_multiple": multiple, "dynamic": ["batch", "height", "width"]},
+                  "channels": channels, "size_multiple": multiple,
+                  "dynamic": ["batch", "height", "width"] if dynamic else ["batch"],
+                  "size": None if dynamic else [height, width]},
         "output": {"name": "output", "values": str(cfg.activation),
                    "activation": "sigmoid" if loaded.num_classes == 1 else "softmax"},
         "preprocessing": prep,

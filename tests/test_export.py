@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ def test_onnx_matches_pytorch(ckpt, tmp_path, caplog):
     assert len(steps) == 4, steps
     assert steps[0] == f"loading checkpoint {ckpt}"
     assert steps[1].startswith("exporting to ONNX at 64x64 (opset 18;")
-    assert steps[2].startswith("exported in ") and "checking parity with PyTorch on two input sizes: 2x3x64x64 and 1x3x" in steps[2]
+    assert steps[2].startswith("exported in ") and "checking parity with PyTorch on two inputs: 2x3x64x64 and 1x3x" in steps[2]
     assert steps[3].startswith(f"onnx model written to {tmp_path / 'model.onnx'} (parity with PyTorch")
     assert [c["ok"] for c in info["parity"]] == [True, True]
     assert max(c["max_abs_diff"] for c in info["parity"]) < 1e-4
@@ -134,3 +135,70 @@ def test_missing_checkpoint_creates_no_folders(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint file not found"):
         export(missing, "format=onnx")
     assert not (tmp_path / "typo").exists()
+
+
+def _checkpoint_of(ckpt, tmp_path, model: dict, multiple: int):
+    """``ckpt`` with its network swapped for ``model`` (freshly initialised): a segkit checkpoint
+    of another architecture without training one."""
+    from segkit.module import SegmentationModule
+
+    checkpoint = torch.load(ckpt, weights_only=False)
+    checkpoint["hyper_parameters"]["model"] = model
+    torch.manual_seed(0)
+    checkpoint["state_dict"] = SegmentationModule(**checkpoint["hyper_parameters"]).state_dict()
+    checkpoint["segkit"]["preprocessing"]["size_multiple"] = multiple
+    path = tmp_path / "other.ckpt"
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_an_architecture_fixed_to_its_export_size_is_exported_at_that_size_with_a_warning(ckpt, tmp_path, caplog):
+    """PSPNet's pyramid pooling exports only for the size it was traced at: dynamic_size=auto
+    exports it with height and width fixed (batch dynamic), says so, and records the size;
+    dynamic_size=true refuses it."""
+    import onnxruntime as ort
+
+    from segkit.export import ExportParityError
+
+    psp = _checkpoint_of(ckpt, tmp_path, {"name": "smp", "arch": "PSPNet", "encoder_name": "resnet18"}, 8)
+    with pytest.raises(ExportParityError, match=r"onnx export of PSPNet/resnet18 differs from PyTorch on input \(1, 3, 80, 72\): max \|diff\| "):
+        export(psp, "dynamic_size=true", f"output={tmp_path / 'strict.onnx'}")
+    assert not (tmp_path / "strict.onnx").exists()
+    caplog.set_level(logging.INFO, logger="segkit.export")
+    info = export(psp, f"output={tmp_path / 'psp.onnx'}")
+    warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warning) == 1 and re.fullmatch(
+        r"the onnx export of PSPNet/resnet18 does not run right on other sizes than 64x64 \(max \|diff\| [0-9.e-]+ at other "
+        r"sizes\): exporting again with height and width fixed to 64x64 \(the batch stays dynamic\)\. Feed it images or "
+        r"windows of that size, or export at your image size with size=\[height,width\]", warning[0]), warning
+    assert info["input"]["dynamic"] == ["batch"] and info["input"]["size"] == [64, 64]
+    assert [c["input"] for c in info["parity"]] == [[2, 3, 64, 64], [1, 3, 64, 64]]
+    assert json.loads((tmp_path / "psp.onnx.json").read_text())["input"]["size"] == [64, 64]
+    session = ort.InferenceSession(str(tmp_path / "psp.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        expected = load_checkpoint(psp).module(x).numpy()
+    got = session.run(None, {"image": x.numpy()})[0]
+    assert np.abs(got - expected).max() <= 1e-4 + 1e-3 * np.abs(expected).max()
+
+
+def test_parity_is_measured_against_the_outputs_scale(ckpt, tmp_path, monkeypatch):
+    """max |diff| <= atol + rtol * max |output|: float32 noise of 1e-4 on logits of tens passes
+    (an element-wise check failed U-Net on values near zero), an error of 2% of the scale does not."""
+    from segkit import export as export_module
+
+    real = export_module._runner
+
+    def shifted(by):
+        def runner(fmt, path):
+            run = real(fmt, path)
+            return lambda x: (out := run(x)) + by * np.abs(out).max()
+        return runner
+
+    monkeypatch.setattr(export_module, "_runner", shifted(5e-4))
+    info = export(ckpt, "format=torchscript", f"output={tmp_path / 'a.pt'}")
+    assert all(c["ok"] and c["max_abs_diff"] > 1e-4 for c in info["parity"])
+    monkeypatch.setattr(export_module, "_runner", shifted(0.02))
+    with pytest.raises(export_module.ExportParityError, match=r"torchscript export of unet/mobilenet_v2 differs from PyTorch "
+                                                              r"on input \(2, 3, 64, 64\): max \|diff\| .* against outputs up to"):
+        export(ckpt, "format=torchscript", f"output={tmp_path / 'b.pt'}")

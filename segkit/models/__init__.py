@@ -288,8 +288,9 @@ def _smp_any(
     """Any smp architecture on any smp encoder. ``encoder_depth: None`` keeps the architecture's
     own default (5; PSPNet 3; DPT 4); ``params`` are the architecture's other arguments
     (``decoder_channels``, ``encoder_output_stride``, ...). The size multiple is the
-    encoder's output stride (what smp checks inputs against); ViT encoders of DPT take any
-    multiple of their patch size."""
+    encoder's output stride (what smp checks inputs against); DPT's ViT takes an even number of
+    patches (its fusion upsamples the patch grid by 2 and adds it to the next: 15 patches give
+    a 16 against 15 mismatch), so twice the patch size."""
     canonical = {a.lower(): a for a in ARCHITECTURES}.get(str(arch).lower())
     if canonical is None:
         raise ValueError(f"model.arch={arch!r} is not an smp architecture; choose one of {', '.join(ARCHITECTURES)}")
@@ -300,6 +301,8 @@ def _smp_any(
     net = _smp_net(getattr(smp, canonical), in_channels, num_classes, encoder_name, encoder_weights,
                    classification_head, **params)
     multiple = int(getattr(net.encoder, "output_stride", 2 ** (encoder_depth or 5)))
+    if canonical == "DPT":
+        multiple *= 2
     return SegmentationNet(net, size_multiple=multiple, name=f"{canonical}/{encoder_name}",
                            min_size=MIN_SIDE.get(canonical, 0))
 
