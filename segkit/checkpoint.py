@@ -96,6 +96,9 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
             f"({CHECKPOINT_FORMAT}); upgrade segkit"
         )
     hparams = dict(checkpoint.get("hyper_parameters") or {})
+    if isinstance(hparams.get("model"), dict) and hparams["model"].get("encoder_weights") is not None:
+        # the trained weights are in the state dict: no pretrained download (or file) needed to rebuild
+        hparams["model"] = {**hparams["model"], "encoder_weights": None}
     try:
         module = SegmentationModule(**hparams)
         module.load_state_dict(checkpoint["state_dict"])

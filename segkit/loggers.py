@@ -100,6 +100,9 @@ class MLFlowLogger(_LightningMLFlowLogger):
             if tracking_uri.startswith("file://"):
                 folder = Path(urlparse(tracking_uri).path)
             folder = folder.expanduser().resolve()
+            if folder.exists() and not folder.is_dir():
+                raise ValueError(f"logger.mlflow.tracking_uri={tracking_uri}: {folder} is a file, not a folder; "
+                                 "point it at a folder (created if missing)")
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as err:
@@ -113,8 +116,8 @@ class MLFlowLogger(_LightningMLFlowLogger):
             if problem:
                 raise ValueError(
                     f"logger.mlflow.tracking_uri={tracking_uri}: {problem}. Start the server, or log locally: "
-                    "logger.mlflow.tracking_uri=file:outputs/mlruns (the default; `mlflow ui --backend-store-uri "
-                    "file:outputs/mlruns` shows it)")
+                    "logger.mlflow.tracking_uri=file:outputs/mlruns (the default)")
+        _ensure_experiment(tracking_uri, experiment_name)
         overrides = run_overrides()
         tags = {**({"overrides": overrides} if overrides else {}), **(tags or {})}
         super().__init__(experiment_name=experiment_name, run_name=run_name or _name(run_dir),
@@ -125,6 +128,27 @@ class MLFlowLogger(_LightningMLFlowLogger):
         """Per-class names one level deep (``val/dice/ship`` → ``val/dice_ship``): MLflow's file store
         keeps ``val/dice`` as a file, so a metric below it could not be written."""
         super().log_metrics({flat_metric_name(k): v for k, v in metrics.items()}, step)
+
+
+def _ensure_experiment(tracking_uri: str, name: str) -> None:
+    """Create the experiment now, tolerating a run started at the same moment that created it
+    first (Lightning creates it lazily and fails on that race), and prove the address is an
+    MLflow server: a web server that is not one fails here in one line, not at the first metric."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        if client.get_experiment_by_name(name) is None:
+            try:
+                client.create_experiment(name)
+            except MlflowException:
+                if client.get_experiment_by_name(name) is None:  # not the race: a real failure
+                    raise
+    except MlflowException as err:
+        first = " ".join(str(err).split())[:200]
+        raise ValueError(f"logger.mlflow.tracking_uri={tracking_uri}: MLflow cannot use it ({first}). Is it an MLflow "
+                         "tracking server? Or log locally: logger.mlflow.tracking_uri=file:outputs/mlruns") from None
 
 
 def flat_metric_name(name: str) -> str:

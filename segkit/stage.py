@@ -113,9 +113,11 @@ def pretrained_normalize(cfg: DictConfig) -> dict[str, Any]:
         return {}
     data_normalize = _container(cfg.data.get("normalize")) or {}
     standard = data_normalize.get("normalization", "standard") == "standard" and data_normalize
-    normalize = {"mean": stats["mean"], "std": stats["std"],
+    # normalization: standard, stated: instantiate merges this into the data's own dict, where a
+    # per-image mode (dataset=folder) would otherwise stay and ignore mean and std
+    normalize = {"normalization": "standard", "mean": stats["mean"], "std": stats["std"],
                  "max_pixel_value": data_normalize.get("max_pixel_value", 255.0) if standard else None}
-    if normalize != {k: data_normalize.get(k) for k in normalize}:
+    if normalize != {k: data_normalize.get(k, "standard" if k == "normalization" else None) for k in normalize}:
         fmt = lambda values: "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
         log.info("normalize: mean %s, std %s of the pretrained encoder (%s) in place of data.normalize %s; "
                  "model.normalize_from_weights=false keeps data.normalize", fmt(stats["mean"]), fmt(stats["std"]),

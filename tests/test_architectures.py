@@ -47,10 +47,10 @@ def test_pan_says_its_smallest_input_and_names_are_case_insensitive():
 
 
 def test_an_unknown_architecture_or_encoder_is_named_with_the_choices():
-    with pytest.raises(ValueError, match=r"model.arch='UNet3D' is not an smp architecture; choose one of Unet, "
+    with pytest.raises(ValueError, match=r"model.arch='UNet3D' is not an smp architecture; did you mean Unet\? choose one of Unet, "
                                          r"UnetPlusPlus, FPN, .*Segformer, DPT"):
         build_model("smp", 3, 1, arch="UNet3D")
-    with pytest.raises(ValueError, match=r"model.encoder_name='resnet35' is not an encoder FPN can use"):
+    with pytest.raises(ValueError, match=r"model.encoder_name='resnet35' is no smp encoder: did you mean resnet50 or resnet34 or resnet152\? "):
         build_model("smp", 3, 1, arch="FPN", encoder_name="resnet35")
 
 

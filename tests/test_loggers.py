@@ -109,6 +109,46 @@ def test_an_unwritable_mlflow_store_is_named(tmp_path):
     blocker.write_text("")
     with pytest.raises(ValueError, match=rf"cannot create {blocker}/mlruns .*point it at a folder you can write"):
         MLFlowLogger(tracking_uri=f"file:{blocker}/mlruns")
+    with pytest.raises(ValueError, match=rf"{blocker} is a file, not a folder"):
+        MLFlowLogger(tracking_uri=f"file:{blocker}")
+
+
+def test_a_web_server_that_is_not_mlflow_is_named_in_one_line(tmp_path):
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        from segkit.loggers import MLFlowLogger
+
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(ValueError, match=rf"logger.mlflow.tracking_uri={uri}: MLflow cannot use it \(.*\). Is it an "
+                                             r"MLflow tracking server\? Or log locally"):
+            MLFlowLogger(tracking_uri=uri)
+    finally:
+        server.shutdown()
+
+
+def test_two_runs_creating_the_mlflow_experiment_at_once_both_start(tmp_path, monkeypatch):
+    """The second run's create_experiment loses the race: it uses the experiment the first made."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from segkit.loggers import MLFlowLogger
+
+    uri = f"file:{tmp_path / 'mlruns'}"
+    real_create = MlflowClient.create_experiment
+
+    def racing_create(self, name, *args, **kwargs):  # another run creates it between our check and our create
+        real_create(self, name, *args, **kwargs)
+        raise MlflowException(f"Experiment '{name}' already exists.")
+
+    monkeypatch.setattr(MlflowClient, "create_experiment", racing_create)
+    logger = MLFlowLogger(tracking_uri=uri, run_dir=str(tmp_path / "run"))
+    monkeypatch.undo()
+    logger.log_metrics({"val/dice": 0.5}, step=0)
+    assert logger.experiment.get_experiment_by_name("segkit") is not None
 
 
 def test_run_names_tell_sweep_jobs_and_stages_apart(tmp_path):

@@ -90,8 +90,21 @@ def test_local_encoder_weights(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         build_model("mobilenet_unet", 3, 1, encoder_weights=str(tmp_path / "missing.pth"))
     torch.save({"nonsense": torch.zeros(1)}, tmp_path / "bad.pth")
-    with pytest.raises(ValueError, match="bad.pth: encoder weights do not fit"):
+    with pytest.raises(ValueError, match=r"bad.pth: encoder weights do not fit the encoder: \d+ missing \(e.g. .*\); "
+                                         r"1 unexpected \(e.g. nonsense\) of \d+ keys. Are they for another encoder"):
         build_model("mobilenet_unet", 3, 1, encoder_weights=str(tmp_path / "bad.pth"))
+    # not a weights file at all: one line, not torch's unpickler internals
+    (tmp_path / "text.pth").write_text("hello")
+    with pytest.raises(ValueError, match=r"text.pth: not a PyTorch weights file torch.load can read \(.*\); "
+                                         r"model.encoder_weights takes a file saved with torch.save") as err:
+        build_model("mobilenet_unet", 3, 1, encoder_weights=str(tmp_path / "text.pth"))
+    assert "\n" not in str(err.value) and len(str(err.value)) < 500
+    # a segkit checkpoint: its encoder's weights
+    torch.save({"state_dict": {f"net.net.encoder.{k}": v for k, v in source.net.encoder.state_dict().items()}},
+               tmp_path / "run.ckpt")
+    from_run = build_model("mobilenet_unet", 3, 1, encoder_weights=str(tmp_path / "run.ckpt"))
+    for key, value in source.net.encoder.state_dict().items():
+        assert torch.equal(from_run.net.encoder.state_dict()[key], value)
 
 
 @pytest.fixture
@@ -230,11 +243,25 @@ def test_training_from_pretrained_weights_normalises_with_their_statistics(no_ne
     with caplog.at_level(logging.INFO, logger="segkit.stage"):
         summary = run_training(compose_config("train", [*common, f"paths.run_dir={tmp_path / 'run'}"]))
     normalize = load_checkpoint(summary["last_checkpoint"]).preprocessing["normalize"]
-    assert normalize == {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6], "max_pixel_value": 255.0}
+    assert normalize == {"normalization": "standard", "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6],
+                         "max_pixel_value": 255.0}
     assert ("normalize: mean [0.100, 0.200, 0.300], std [0.400, 0.500, 0.600] of the pretrained encoder "
             "(smp-hub/mobilenet_v2.imagenet (config.json)) in place of data.normalize") in caplog.text
     kept = run_training(compose_config("train", [*common, "model.normalize_from_weights=false",
                                                  f"paths.run_dir={tmp_path / 'run2'}"]))
     normalize = load_checkpoint(kept["last_checkpoint"]).preprocessing["normalize"]
     assert normalize == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "max_pixel_value": 255.0}
+    # data normalised per image (dataset=folder's default): standard with the encoder's statistics,
+    # in the dtype's range, not the per-image mode with unused mean/std beside it
+    per_image = run_training(compose_config("train", [*common, "~data.normalize", "+data.normalize.normalization=image",
+                                                      f"paths.run_dir={tmp_path / 'run3'}"]))
+    normalize = load_checkpoint(per_image["last_checkpoint"]).preprocessing["normalize"]
+    assert normalize == {"normalization": "standard", "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6],
+                         "max_pixel_value": None}
+    assert no_network == []
+    # the checkpoint holds the trained weights: predict, eval and export rebuild it with the
+    # pretrained weights gone from the cache and no network
+    for path in snapshot.iterdir():
+        path.unlink()
+    assert load_checkpoint(summary["last_checkpoint"]).module.hparams.model["encoder_weights"] is None
     assert no_network == []

@@ -88,14 +88,34 @@ class SegmentationNet(nn.Module):
 
 
 def _load_encoder_weights(encoder: nn.Module, path: str | os.PathLike) -> None:
+    """An encoder state dict from ``path``: a plain one, one under ``state_dict``, or the
+    encoder's part of a segkit-train checkpoint (``net.net.encoder.*``)."""
     path = Path(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 — torch's errors here are pages long (unpickler internals)
+        first = " ".join(str(err).split())[:160]
+        raise ValueError(f"{path}: not a PyTorch weights file torch.load can read ({type(err).__name__}: {first}); "
+                         "model.encoder_weights takes a file saved with torch.save(encoder.state_dict(), ...), "
+                         "a segkit-train checkpoint, or a weight name (imagenet)") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    if isinstance(state, dict):
+        prefix = "net.net.encoder."  # a segkit checkpoint: its encoder
+        if any(str(k).startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items() if str(k).startswith(prefix)}
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict of encoder weights")
     try:
         encoder.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: encoder weights do not fit the encoder: {err}") from err
+    except RuntimeError:
+        expected = set(encoder.state_dict())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        shapes = [k for k in sorted(expected & set(state)) if tuple(state[k].shape) != tuple(encoder.state_dict()[k].shape)]
+        parts = [f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})" for what, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if keys]
+        raise ValueError(f"{path}: encoder weights do not fit the encoder: {'; '.join(parts)} of "
+                         f"{len(expected)} keys. Are they for another encoder than model.encoder_name?") from None
 
 
 #: seconds to wait for the weights' host before saying it cannot be reached
@@ -241,9 +261,19 @@ def _smp_net(architecture: Callable[..., nn.Module], in_channels: int, num_class
             aux_params={"classes": 1, "dropout": 0.2, "pooling": "avg"} if classification_head else None,
             **params,
         )
-    except KeyError as err:  # smp: "Wrong encoder name `x`, supported encoders: [...]"
-        raise ValueError(f"model.encoder_name={encoder_name!r} is not an encoder {architecture.__name__} can use "
-                         f"(smp.encoders.get_encoder_names() lists smp's; timm's as tu-<name>): {err}") from None
+    except KeyError as err:  # smp: "Wrong encoder name `x`, supported encoders: [...]" (all ~80 of them)
+        import difflib
+
+        from segmentation_models_pytorch.encoders import get_encoder_names
+
+        names = get_encoder_names()
+        if encoder_name not in names and not encoder_name.startswith("tu-"):
+            close = difflib.get_close_matches(encoder_name, names, n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise ValueError(f"model.encoder_name={encoder_name!r} is no smp encoder: {hint}"
+                             "(smp.encoders.get_encoder_names() lists smp's; timm's go as tu-<name>)") from None
+        raise ValueError(f"model.encoder_name={encoder_name!r} is not an encoder {architecture.__name__} can use: "
+                         f"{' '.join(str(err).split())[:300]}") from None
     if local:
         _load_encoder_weights(net.encoder, str(encoder_weights))
     return net
@@ -293,7 +323,12 @@ def _smp_any(
     a 16 against 15 mismatch), so twice the patch size."""
     canonical = {a.lower(): a for a in ARCHITECTURES}.get(str(arch).lower())
     if canonical is None:
-        raise ValueError(f"model.arch={arch!r} is not an smp architecture; choose one of {', '.join(ARCHITECTURES)}")
+        import difflib
+
+        lower = {a.lower(): a for a in ARCHITECTURES}
+        close = difflib.get_close_matches(str(arch).lower(), list(lower), n=1, cutoff=0.6)
+        hint = f"did you mean {lower[close[0]]}? " if close else ""
+        raise ValueError(f"model.arch={arch!r} is not an smp architecture; {hint}choose one of {', '.join(ARCHITECTURES)}")
     if canonical == "DPT":
         params.setdefault("dynamic_img_size", True)  # timm ViTs are otherwise fixed to their pretraining size
     if encoder_depth is not None:
