@@ -232,7 +232,22 @@ def fit_stage(
         "skipped_files": list(getattr(datamodule, "skipped_files", {}).values()),
         "wall_time_s": round(time.perf_counter() - started, 1),
         "run_dir": str(stage_dir),
+        "trackers": tracker_places(loggers),
     }
+
+
+def tracker_places(loggers: list[Any]) -> list[tuple[str, str]]:
+    """Where the MLflow and W&B loggers put this run, for the closing summary."""
+    places = []
+    for logger in loggers:
+        kind = type(logger).__name__
+        if kind == "MLFlowLogger":
+            places.append(("mlflow", f"run {logger.run_id} of experiment {logger._experiment_name} in {logger._tracking_uri}"))
+        elif kind == "WandbLogger":
+            folder = Path(logger.save_dir or ".") / "wandb"
+            places.append(("wandb", f"{folder}" + (f" (offline: upload with `wandb sync {folder}/offline-run-*`)"
+                                                  if logger._offline else "")))
+    return places
 
 
 def check_monitor(metric: str, module: SegmentationModule) -> None:

@@ -146,10 +146,12 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"epochs {stage['epochs']:<3} lr {float(stage['lr']):.3g}  best {stage['monitor']} {float(stage['best']):.4f}")
     if lines:
         lines.append("")
-    lines += [f"{'metric':<{width}}  {'best':>8}  {'final':>8}", "-" * (width + 20)]
+    # "at best": every metric at the epoch that was best by the monitored one (not each metric's
+    # own best); epochs counted from 1, as the epoch lines count them
+    lines += [f"{'metric':<{width}}  {'at best':>8}  {'final':>8}", "-" * (width + 20)]
     for key in keys:
         lines.append(f"{key:<{width}}  {best.get(key, float('nan')):>8.4f}  {final.get(key, float('nan')):>8.4f}")
-    lines.append(f"{'epoch':<{width}}  {best.get('epoch', -1):>8}  {final.get('epoch', -1):>8}")
+    lines.append(f"{'epoch':<{width}}  {int(best.get('epoch', -1)) + 1:>8}  {int(final.get('epoch', -1)) + 1:>8}")
     lines += [
         "",
         f"best by {summary['monitor']} ({summary['mode']}); precision {summary['precision']}; "
@@ -159,4 +161,5 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"last checkpoint: {summary['last_checkpoint']}",
         f"metrics:         {Path(summary['run_dir']) / 'metrics.json'}",
     ]
+    lines += [f"{name + ':':<16} {where}" for name, where in summary.get("trackers", [])]
     return "\n".join(lines)

@@ -42,6 +42,14 @@ def test_logger_many_writes_every_tracker_locally(tmp_path, monkeypatch):
     summary = run_training(compose_config("train", [
         *TINY, "logger=many", f"data.cache_dir={tmp_path / 'work'}", f"paths.run_dir={tmp_path / 'run'}"]))
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    # the closing summary says where each tracker put the run
+    from segkit.train import format_summary
+
+    text = format_summary(summary)
+    assert f"mlflow:          run {summary['trackers'][0][1].split()[1]} of experiment segkit in file://{tmp_path}/outputs/mlruns" in text
+    assert f"wandb:           {tmp_path}/run/wandb (offline: upload with `wandb sync {tmp_path}/run/wandb/offline-run-*`)" in text
+    assert [line.split() for line in text.splitlines() if line.startswith("epoch ")] == [["epoch", "1", "2"]]
+    assert text.splitlines()[0].split() == ["metric", "at", "best", "final"]  # metrics at the best epoch, counted from 1
     # MLflow: one run named after the run dir, every epoch's metrics; per-class names one level deep
     runs = [p.parent for p in (tmp_path / "outputs" / "mlruns").glob("*/*/meta.yaml")]
     assert len(runs) == 1
