@@ -99,8 +99,14 @@ def test_a_sweep_over_architectures_trains_each_and_its_summary_compares_them(tm
         assert sidecar["input"]["dynamic"] == ["batch", "height", "width"] and all(c["ok"] for c in sidecar["parity"])
 
 
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    """One synthetic dataset for the per-architecture runs (written once, not twelve times)."""
+    return tmp_path_factory.mktemp("synthetic-cache")
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_every_architecture_trains_through_the_cli_config_and_predicts_from_its_checkpoint(arch, tmp_path):
+def test_every_architecture_trains_through_the_cli_config_and_predicts_from_its_checkpoint(arch, tmp_path, shared_cache):
     """segkit-train's config path (fast_dev_run: a batch of training and validation, then the
     run dir), then the checkpoint alone rebuilds the network for the predictor: an image of
     the export size gives the module's own probabilities, an off-multiple one is padded."""
@@ -114,7 +120,7 @@ def test_every_architecture_trains_through_the_cli_config_and_predicts_from_its_
     side = 128 if arch == "PAN" else 64
     summary = run_training(compose_config("train", [
         "dataset=synthetic", "data.num_images=8", f"data.size={side}", f"data.image_size={side}", "data.batch_size=2",
-        f"data.cache_dir={tmp_path / 'work'}", "trainer.fast_dev_run=1", "logger=csv", "model=smp", f"model.arch={arch}",
+        f"data.cache_dir={shared_cache}", "trainer.fast_dev_run=1", "logger=csv", "model=smp", f"model.arch={arch}",
         f"model.encoder_name={SMALL[arch]}", f"paths.run_dir={tmp_path / 'run'}"]))
     assert "val/dice" in summary["final"]
     loaded = load_checkpoint(summary["last_checkpoint"])

@@ -368,6 +368,9 @@ def test_ctrl_c_is_a_message_not_a_traceback(tmp_path):
         segkit_command("segkit-train", "trainer.max_epochs=50", f"hydra.run.dir={run}", "data.num_images=16", "data.size=64",
                        "data.image_size=64"),
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=segkit_env(),
+        # a run started from a terminal gets Ctrl-C; a test suite launched in the background (`cmd &`
+        # in a script) passes SIGINT on as ignored, and Python then never raises KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 180
     while not (run / "checkpoints" / "last.ckpt").is_file() and time.monotonic() < deadline:
