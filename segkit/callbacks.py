@@ -157,7 +157,7 @@ class ValidationImages(Callback):
         if getattr(pl_module, "task", "segmentation") != "segmentation" or "mask" not in batch:
             return  # a classification stage: nothing to draw
         from segkit.data.datasets import label_count
-        from segkit.visualize import _shrink, overlay
+        from segkit.visualize import _shrink, display_rgb, overlay
 
         take = self.num_images - len(self._rows)
         images = batch["image"][:take]
@@ -169,7 +169,7 @@ class ValidationImages(Callback):
         for image, mask, prediction in zip(images.float().permute(0, 2, 3, 1).cpu().numpy(), masks, labels):
             if ignore is not None:
                 mask = np.where(mask == ignore, 0, mask)
-            tiles = [overlay(image, np.zeros_like(mask), num_labels), overlay(image, mask, num_labels, class_names=names),
+            tiles = [display_rgb(image), overlay(image, mask, num_labels, class_names=names),
                      overlay(image, prediction, num_labels)]
             self._rows.append(np.concatenate([_shrink(t, self.max_side) for t in tiles], axis=1))
 

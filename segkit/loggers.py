@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import netrc
 import os
-import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -28,6 +27,8 @@ from urllib.parse import urlparse
 from lightning.pytorch.loggers import MLFlowLogger as _LightningMLFlowLogger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+
+from segkit.runtime import connection_problem
 
 __all__ = ["MLFlowLogger", "WandbLogger", "flat_metric_name", "run_name", "run_overrides"]
 
@@ -51,11 +52,8 @@ def _reachable(url: str) -> str | None:
     if not host:
         return f"{url} names no host"
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
-    except OSError as err:
-        return f"{host}:{port} cannot be reached ({err.strerror or type(err).__name__})"
-    return None
+    problem = connection_problem(host, port, PROBE_TIMEOUT_S)
+    return None if problem is None else f"{host}:{port} cannot be reached ({problem})"
 
 
 def run_name(run_dir: str | os.PathLike | None) -> str | None:
@@ -122,7 +120,6 @@ class MLFlowLogger(_LightningMLFlowLogger):
         tags = {**({"overrides": overrides} if overrides else {}), **(tags or {})}
         super().__init__(experiment_name=experiment_name, run_name=run_name or _name(run_dir),
                          tracking_uri=tracking_uri, tags=tags or None, **kwargs)
-
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Per-class names one level deep (``val/dice/ship`` → ``val/dice_ship``): MLflow's file store

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["MACHINE_KEYS", "cpu_has_native_bf16", "cuda_has_native_bf16", "resolve_accelerator", "resolve_devices",
+__all__ = ["MACHINE_KEYS", "connection_problem", "cpu_has_native_bf16", "cuda_has_native_bf16", "resolve_accelerator", "resolve_devices",
            "resolve_machine", "resolve_precision"]
 
 #: the trainer settings resolved for the machine at hand; a run saves what was asked for
@@ -97,3 +97,16 @@ def resolve_machine(trainer: Any) -> tuple[dict[str, Any], str]:
     line = (f"machine: accelerator {asked('accelerator', accelerator)}, devices {asked('devices', devices)}, "
             f"precision {asked('precision', precision)}")
     return requested, f"{line}; {note}" if note else line
+
+
+def connection_problem(host: str, port: int, timeout: float) -> str | None:
+    """``None`` when ``host`` accepts a connection on ``port`` within ``timeout`` seconds, else
+    why not (the OS's reason): the quick probe before a download or a tracker that would
+    otherwise retry for minutes on a machine without the network."""
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    return None

@@ -148,10 +148,11 @@ def require_pretrained_weights(encoder_name: str, weights: str) -> None:
     Hugging Face cache, or its host reachable within a few seconds. Otherwise raise at once,
     naming the weights, the cache folder and the way to give a local file (never a hang on
     a machine without the internet)."""
-    import socket
     from urllib.parse import urlparse
 
     from huggingface_hub import constants, try_to_load_from_cache
+
+    from segkit.runtime import connection_problem
 
     repo_id, revision, filename = _hub_weights(encoder_name, weights)
     cached = try_to_load_from_cache(repo_id, filename, revision=revision)
@@ -161,11 +162,10 @@ def require_pretrained_weights(encoder_name: str, weights: str) -> None:
     if constants.HF_HUB_OFFLINE:
         reason = "HF_HUB_OFFLINE is set"
     else:
-        try:
-            socket.create_connection((host, 443), timeout=HUB_PROBE_TIMEOUT_S).close()
+        problem = connection_problem(host, 443, HUB_PROBE_TIMEOUT_S)
+        if problem is None:
             return  # reachable: smp / timm download them into the cache
-        except OSError as err:
-            reason = f"{host} cannot be reached ({err.strerror or type(err).__name__})"
+        reason = f"{host} cannot be reached ({problem})"
     raise ValueError(
         f"model.encoder_weights={weights}: the pretrained weights of encoder {encoder_name} ({repo_id} on the Hugging "
         f"Face hub) are not in the cache ({constants.HF_HUB_CACHE}) and {reason}. Run once where the internet is "
